@@ -1,0 +1,161 @@
+"""The ``zoo`` command line (also ``python -m zoo``).
+
+    zoo list
+    zoo train <model> [--config smoke | --config path.py:arg] [--config.x.y=v ...] [--workdir DIR]
+    zoo eval <run-dir>
+    zoo predict <run-dir> "text to tag"
+    zoo bench <suite> [suite flags]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _cmd_list(args) -> int:
+    from zoo import data, registry
+
+    print("models:")
+    for name, s in registry.MODELS.items():
+        print(f"  {name:<10} family={s.family:<5} data={s.dataset:<18} {s.description}")
+    print("families:", ", ".join(sorted({s.family for s in registry.MODELS.values()})))
+    print("data sets:")
+    for name, d in data.DATASETS.items():
+        print(f"  {name:<18} {d.description}")
+    print("benchmark suites: crf")
+    return 0
+
+
+def _resolve_config(model: str, spec: str | None):
+    from zoo import registry
+    from zoo.core.config import load_config
+
+    default = registry.spec(model).config
+    if spec is None:
+        return load_config(default), ""
+    if spec.endswith(".py") or ".py:" in spec or "." in spec.partition(":")[0]:
+        return load_config(spec), spec.partition(":")[2]
+    return load_config(f"{default}:{spec}"), spec  # a variant of the model's own config
+
+
+def _cmd_train(args, overrides) -> int:
+    from zoo.core.config import apply_overrides
+    from zoo.core.train import NonFiniteLossError, train_and_evaluate
+
+    config, variant = _resolve_config(args.model, args.config)
+    config.model_name = args.model
+    apply_overrides(config, overrides)
+    workdir = Path(args.workdir or Path("runs") / (args.model + (f"-{variant}" if variant else "")))
+    print(f"training {args.model} in {workdir} (rerun the same command to resume)")
+    try:
+        _, metrics = train_and_evaluate(config, workdir)
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    _print_metrics(metrics)
+    return 0
+
+
+def _print_metrics(metrics):
+    print("evaluation: " + json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+
+
+def _load_run(run_dir: Path):
+    """Config, vocabulary, model and latest parameters of a finished (or running) run."""
+    from zoo.core import parallel
+    from zoo.core.checkpoint import Checkpointer
+    from zoo.core.config import read_config
+    from zoo.core.train import init_state
+    from zoo.crf import task as crf_task
+
+    config = read_config(run_dir / "config.json")
+    vocab = crf_task.Vocabulary.load(run_dir / "vocab.json")
+    model = crf_task.make_model(config, vocab)
+    ckpt = Checkpointer(run_dir / "checkpoints")
+    if ckpt.latest_step() is None:
+        raise SystemExit(f"error: {run_dir} holds no checkpoint")
+    mesh = parallel.data_mesh(1)
+    import jax
+
+    stub = crf_task.Task(
+        init=lambda key: model.init(key, jax.numpy.zeros((1, 8), "int32"), jax.numpy.ones((1,), "int32"))["params"],
+        optimizer=crf_task.make_optimizer(config),
+        loss_fn=None,
+        train_batches=None,
+        evaluate=None,
+    )
+    state = ckpt.restore(init_state(stub, jax.random.key(0), mesh))
+    ckpt.close()
+    return config, vocab, model, state.params, int(state.step)
+
+
+def _cmd_eval(args) -> int:
+    from zoo.crf import task as crf_task
+
+    config, vocab, model, params, step = _load_run(Path(args.run_dir))
+    examples, _ = crf_task.load_split(config, "test")
+    print(f"evaluating {config.model_name} at step {step} on {len(examples)} test examples")
+    _print_metrics(crf_task.evaluate_examples(config, model, params, vocab, examples))
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from zoo.crf import task as crf_task
+
+    config, vocab, model, params, _ = _load_run(Path(args.run_dir))
+    for text in args.text:
+        tags, spans = crf_task.tag_text(config, model, params, vocab, text)
+        print(text)
+        print("  tags: " + " ".join(tags))
+        for span_text, s, e, kind in spans:
+            print(f"  [{s}:{e}] {span_text} {kind or 'WORD'}")
+    return 0
+
+
+def _cmd_bench(args, rest) -> int:
+    from benchmarks import run
+
+    return run.main([args.suite, *rest])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="zoo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="models, families, data sets")
+    p = sub.add_parser("train", help="train a model and print its evaluation")
+    p.add_argument("model")
+    p.add_argument("--config", default=None, help="variant (e.g. smoke) or path.py[:arg] / module[:arg]")
+    p.add_argument("--workdir", default=None, help="run directory (default runs/<model>[-<variant>])")
+    p = sub.add_parser("eval", help="evaluate the latest checkpoint of a run")
+    p.add_argument("run_dir")
+    p = sub.add_parser("predict", help="tag raw text with a trained run")
+    p.add_argument("run_dir")
+    p.add_argument("text", nargs="+")
+    p = sub.add_parser("bench", help="run a benchmark suite")
+    p.add_argument("suite")
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --config.x=v overrides are not argparse options: collect them first.
+    overrides = [a for a in argv if a.startswith("--config.")]
+    argv = [a for a in argv if not a.startswith("--config.")]
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        return _cmd_bench(args, rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "list":
+        return _cmd_list(args)
+    if args.command == "train":
+        return _cmd_train(args, overrides)
+    if overrides:
+        parser.error("--config.* overrides only apply to `zoo train`")
+    if args.command == "eval":
+        return _cmd_eval(args)
+    return _cmd_predict(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Orbax checkpoints of the whole TrainState; a rerun of the same command resumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    """Saves every ``TrainState`` it is given under ``<workdir>/checkpoints/<step>``."""
+
+    def __init__(self, directory: Path, max_to_keep: int = 3):
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+        )
+        self._manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state) -> None:
+        self._manager.save(step, args=ocp.args.StandardSave(state))
+        self._manager.wait_until_finished()
+
+    def restore(self, like, step: int | None = None):
+        """Restores into the structure, shapes, dtypes and shardings of ``like``."""
+        step = self.latest_step() if step is None else step
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like
+        )
+        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+    def close(self) -> None:
+        self._manager.close()

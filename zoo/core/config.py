@@ -1,0 +1,80 @@
+"""Configs are Python files with ``get_config(arg="") -> ConfigDict``; ``arg`` picks a variant.
+
+A config is named as ``module.path[:arg]`` or ``path/to/file.py[:arg]``; command-line
+overrides look like ``--config.train.num_steps=200`` and are parsed to the type of the
+field they replace, so a typo or a wrong type fails loudly.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import json
+from pathlib import Path
+
+import ml_collections
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Loads ``module.path[:arg]`` or ``file.py[:arg]`` and calls its ``get_config(arg)``."""
+    target, _, arg = spec.partition(":")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {target!r} does not exist")
+        module_spec = importlib.util.spec_from_file_location(f"_zoo_config_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(target)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"config {target!r} defines no get_config(arg)")
+    return module.get_config(arg)
+
+
+def _parse_value(text: str, current):
+    if isinstance(current, bool):
+        lowered = text.lower()
+        if lowered not in ("true", "false", "1", "0"):
+            raise ValueError(f"expected a boolean (true/false); got {text!r}")
+        return lowered in ("true", "1")
+    if isinstance(current, int):
+        return int(text)
+    if isinstance(current, float):
+        return float(text)
+    if isinstance(current, str):
+        return text
+    if isinstance(current, (tuple, list)):
+        value = ast.literal_eval(text)
+        return type(current)(value if isinstance(value, (tuple, list)) else (value,))
+    return ast.literal_eval(text)
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
+    """Applies ``config.a.b=value`` strings (a leading ``--`` is optional) in order."""
+    for item in overrides:
+        key, sep, text = item.lstrip("-").partition("=")
+        if not sep or not key.startswith("config."):
+            raise ValueError(f"override {item!r} must look like --config.section.field=value")
+        *parents, leaf = key[len("config."):].split(".")
+        node = config
+        for name in parents:
+            if name not in node:
+                raise KeyError(f"override {item!r}: no config section {name!r}")
+            node = node[name]
+        if leaf not in node:
+            raise KeyError(f"override {item!r}: no field {leaf!r}; valid: {sorted(node.keys())}")
+        try:
+            node[leaf] = _parse_value(text, node[leaf])
+        except ValueError as err:
+            raise ValueError(f"override {item!r}: {err}") from None
+    return config
+
+
+def save_config(config: ml_collections.ConfigDict, path: Path) -> None:
+    path.write_text(config.to_json(indent=2, sort_keys=True))
+
+
+def read_config(path: Path) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(json.loads(Path(path).read_text()))

@@ -1,0 +1,190 @@
+"""The training loop every family shares, written out in :func:`train_and_evaluate`.
+
+A family supplies a :class:`Task`: pure functions for init, loss and evaluation, an optax
+transformation, and a step-indexed batch iterator. Everything else lives here:
+
+* one seed: ``key = jax.random.key(config.seed)``, split once into init and loop keys;
+  the step key is ``fold_in(loop_key, step)`` inside the jitted step, so a resumed run
+  sees exactly the keys the uninterrupted run would have;
+* the jitted train step donates the state and runs data-parallel over a 1-D mesh;
+* metrics stay on device until a log point; a non-finite loss found there stops the
+  run before the next checkpoint is written, so the last checkpoint on disk is good;
+* orbax checkpoints every ``train.ckpt_every`` steps; rerunning the same command in the
+  same ``workdir`` resumes from the latest one (batches are a function of the step).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from zoo.core import parallel
+from zoo.core.checkpoint import Checkpointer
+from zoo.core.config import save_config
+from zoo.core.metrics import MetricWriter
+
+Params = Any
+Batch = dict[str, np.ndarray]
+Metrics = dict[str, jax.Array]
+
+
+class Task(NamedTuple):
+    """What a family hands the loop. All functions are pure except the batch iterator.
+
+    Attributes:
+      init: ``init(key) -> params``.
+      optimizer: the optax transformation for every update.
+      loss_fn: ``loss_fn(params, batch, key) -> (scalar loss, metrics dict)``; jitted by the loop.
+      train_batches: ``train_batches(start_step) -> iterator of batches``; batch ``i`` of
+        the iterator must be the batch of step ``start_step + i`` (this is what makes
+        resumption exact).
+      evaluate: ``evaluate(params) -> dict of floats`` on the held-out split.
+    """
+
+    init: Callable[[jax.Array], Params]
+    optimizer: optax.GradientTransformation
+    loss_fn: Callable[[Params, Batch, jax.Array], tuple[jax.Array, Metrics]]
+    train_batches: Callable[[int], Iterator[Batch]]
+    evaluate: Callable[[Params], dict[str, float]]
+
+
+class TrainState(NamedTuple):
+    step: jax.Array  # int32 scalar: number of updates applied
+    params: Params
+    opt_state: optax.OptState
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the training loss becomes NaN or Inf."""
+
+
+def make_train_step(task: Task, mesh, *, inject_nan_at_step: int = -1):
+    """Returns ``train_step(state, batch, loop_key) -> (state, metrics)``, jitted, state donated.
+
+    ``inject_nan_at_step`` (>= 0) poisons the loss and gradients of that step: a fault
+    injection hook used by the tests of the NaN guard, off by default.
+    """
+
+    def train_step(state: TrainState, batch: Batch, loop_key: jax.Array):
+        key = jax.random.fold_in(loop_key, state.step)
+        (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(
+            state.params, batch, key
+        )
+        if inject_nan_at_step >= 0:
+            poison = jnp.where(state.step == inject_nan_at_step, jnp.nan, 1.0)
+            loss = loss * poison
+            grads = jax.tree.map(lambda g: g * poison, grads)
+        updates, opt_state = task.optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, **metrics}
+        return TrainState(state.step + 1, params, opt_state), metrics
+
+    replicated = parallel.replicated(mesh)
+    return jax.jit(
+        train_step,
+        in_shardings=(replicated, parallel.batch_sharded(mesh), replicated),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+
+
+def init_state(task: Task, key: jax.Array, mesh) -> TrainState:
+    params = task.init(key)
+    state = TrainState(jnp.zeros((), jnp.int32), params, task.optimizer.init(params))
+    return jax.device_put(state, parallel.replicated(mesh))
+
+
+def _mean_metrics(pending: list[Metrics]) -> dict[str, float]:
+    """Averages a window of on-device step metrics (one transfer for the whole window)."""
+    host = jax.device_get(pending)
+    return {name: float(np.mean([m[name] for m in host])) for name in host[0]}
+
+
+def _first_non_finite(pending: list[Metrics], first_step: int) -> tuple[int, float] | None:
+    losses = np.asarray(jax.device_get([m["loss"] for m in pending]))
+    bad = np.flatnonzero(~np.isfinite(losses))
+    return (first_step + int(bad[0]), float(losses[bad[0]])) if bad.size else None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, task: Task | None = None):
+    """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints), then evaluates.
+
+    Returns:
+      ``(state, eval_metrics)``: the final :class:`TrainState` and the last evaluation.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if task is None:
+        from zoo import registry
+
+        task = registry.get_task(config, workdir)
+    train_cfg = config.train
+    mesh = parallel.data_mesh(train_cfg.get("num_devices", 0))
+
+    # ---- state: fresh, or the latest checkpoint -----------------------------------
+    init_key, loop_key = jax.random.split(jax.random.key(config.seed))
+    state = init_state(task, init_key, mesh)
+    checkpointer = Checkpointer(workdir / "checkpoints")
+    if checkpointer.latest_step() is not None:
+        state = checkpointer.restore(state)
+    start_step = int(state.step)
+    save_config(config, workdir / "config.json")
+    writer = MetricWriter(workdir)
+
+    train_step = make_train_step(task, mesh, inject_nan_at_step=train_cfg.get("inject_nan_at_step", -1))
+    num_steps = train_cfg.num_steps
+    batches = task.train_batches(start_step)
+
+    # ---- the loop -------------------------------------------------------------------
+    pending: list[Metrics] = []  # step metrics still on device
+    window_start, window_time = start_step, time.perf_counter()
+    progress = tqdm(
+        total=num_steps, initial=start_step, desc="train", disable=not train_cfg.get("progress", True)
+    )
+    eval_metrics: dict[str, float] = {}
+    for step in range(start_step, num_steps):
+        batch = parallel.shard_batch(next(batches), mesh)
+        state, metrics = train_step(state, batch, loop_key)
+        pending.append(metrics)
+        done = step + 1
+        progress.update(1)
+
+        is_last = done == num_steps
+        should_ckpt = done % train_cfg.ckpt_every == 0 or is_last
+        if done % train_cfg.log_every == 0 or should_ckpt:
+            # Check before any checkpoint so a poisoned state is never written.
+            bad = _first_non_finite(pending, window_start)
+            if bad is not None:
+                progress.close()
+                last = checkpointer.latest_step()
+                checkpointer.close()
+                raise NonFiniteLossError(
+                    f"training loss became {bad[1]} at step {bad[0]}; stopping. The last good "
+                    f"checkpoint is step {last} in {workdir / 'checkpoints'} (rerunning resumes from it)."
+                )
+            means = _mean_metrics(pending)
+            means["steps_per_sec"] = len(pending) / (time.perf_counter() - window_time)
+            writer.write(done, "train", means)
+            progress.set_postfix(loss=f"{means['loss']:.4f}")
+            pending, window_start, window_time = [], done, time.perf_counter()
+        if train_cfg.eval_every and done % train_cfg.eval_every == 0 and not is_last:
+            eval_metrics = task.evaluate(state.params)
+            writer.write(done, "eval", eval_metrics)
+        if should_ckpt:
+            checkpointer.save(done, state)
+    progress.close()
+
+    # ---- final evaluation -------------------------------------------------------------
+    eval_metrics = task.evaluate(state.params)
+    writer.write(int(state.step), "eval", eval_metrics)
+    writer.plot()
+    checkpointer.close()
+    return state, eval_metrics

@@ -1,0 +1,213 @@
+"""CRF tagging as a :class:`zoo.core.Task`: data, loss, optimizer, evaluation, prediction.
+
+The loss is the author's: mean over sentences of log Z − gold-path score
+(:func:`kernels.crf.crf_log_likelihood`). The transitions get their own learning rate
+(``optim.transitions_lr_multiplier``, bert4keras uses ×1000 next to BERT) through
+``optax.partition``, which for Adam is the same as the author's trick of storing the
+transitions divided by the multiplier.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from kernels import crf
+from zoo import data as zoo_data
+from zoo.core.train import Task
+from zoo.crf.model import Tagger
+from zoo.crf.spans import chunks, span_f1
+from zoo.data.batching import pad_batch, padded_length, step_batches
+
+PAD, UNK = 0, 1
+
+
+class Vocabulary(NamedTuple):
+    tokens: list[str]  # id -> token; 0 = <pad>, 1 = <unk>
+    labels: list[str]  # tag id -> name
+    scheme: str
+
+    @classmethod
+    def build(cls, examples, labels, scheme, min_count=1):
+        counts = collections.Counter(tok for tokens, _ in examples for tok in tokens)
+        kept = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
+        return cls(["<pad>", "<unk>", *kept], list(labels), scheme)
+
+    def encode(self, tokens) -> np.ndarray:
+        index = self._index()
+        return np.array([index.get(t, UNK) for t in tokens], np.int32)
+
+    def _index(self):
+        # Cached on first use: NamedTuples cannot hold extra attributes, so use a dict.
+        key = id(self.tokens)
+        if key not in _INDEX_CACHE:
+            _INDEX_CACHE[key] = {t: i for i, t in enumerate(self.tokens)}
+        return _INDEX_CACHE[key]
+
+    def save(self, path: Path):
+        Path(path).write_text(json.dumps(self._asdict(), ensure_ascii=False))
+
+    @classmethod
+    def load(cls, path: Path):
+        return cls(**json.loads(Path(path).read_text()))
+
+
+_INDEX_CACHE: dict[int, dict[str, int]] = {}
+
+
+def make_model(config: ml_collections.ConfigDict, vocab: Vocabulary) -> Tagger:
+    m = config.model
+    return Tagger(
+        vocab_size=len(vocab.tokens),
+        num_tags=len(vocab.labels),
+        embed_dim=m.embed_dim,
+        encoder=m.encoder,
+        features=m.features,
+        kernel_size=m.kernel_size,
+        dilations=tuple(m.dilations),
+        residual=m.residual,
+        lstm_layers=m.lstm_layers,
+        dropout=m.dropout,
+        use_start_end=m.use_start_end,
+    )
+
+
+def constraints(config, vocab: Vocabulary):
+    return crf.allowed_transitions(vocab.scheme, vocab.labels) if config.model.constrained else None
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+    o = config.optim
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, o.learning_rate, o.warmup_steps, max(config.train.num_steps, o.warmup_steps + 1), o.final_lr_fraction * o.learning_rate
+    )
+    crf_schedule = lambda step: schedule(step) * o.transitions_lr_multiplier  # noqa: E731
+
+    def label(params):
+        return {name: ("crf" if name.startswith("crf_") else "body") for name in params}
+
+    return optax.chain(
+        optax.clip_by_global_norm(o.grad_clip),
+        optax.partition({"body": optax.adamw(schedule, weight_decay=o.weight_decay), "crf": optax.adam(crf_schedule)}, label),
+    )
+
+
+def encode_examples(examples, vocab: Vocabulary):
+    tokens = [vocab.encode(toks) for toks, _ in examples]
+    tags = [np.asarray(t, np.int32) for _, t in examples]
+    return tokens, tags
+
+
+def make_batch(tokens, tags, indices, bucket, max_len):
+    lengths = np.array([min(len(tokens[i]), max_len) for i in indices], np.int32)
+    t = min(padded_length(int(lengths.max()), bucket), max_len)
+    return {
+        "tokens": pad_batch([tokens[i] for i in indices], t),
+        "tags": pad_batch([tags[i] for i in indices], t),
+        "lengths": lengths,
+    }
+
+
+def load_split(config, split):
+    source = zoo_data.load(config.data.name, split, data_dir=config.data.data_dir or None)
+    examples = zoo_data.read_examples(source, config.data.name)
+    limit = config.data.get(f"{split}_limit", 0)
+    examples = [ex for ex in examples if len(ex[0]) > 0]
+    if limit:
+        examples = examples[:limit]
+    return examples, zoo_data.tag_names(source, config.data.name)
+
+
+def get_task(config: ml_collections.ConfigDict, workdir: Path) -> Task:
+    """Builds (or reloads, when resuming) the vocabulary in ``workdir`` and the Task."""
+    train_examples, labels = load_split(config, "train")
+    scheme = zoo_data.DATASETS[config.data.name].scheme
+    vocab_path = Path(workdir) / "vocab.json"
+    if vocab_path.exists():
+        vocab = Vocabulary.load(vocab_path)
+    else:
+        vocab = Vocabulary.build(train_examples, labels, scheme, config.data.min_count)
+        vocab.save(vocab_path)
+    model = make_model(config, vocab)
+    allowed = constraints(config, vocab)
+    tokens, tags = encode_examples(train_examples, vocab)
+    lengths = np.array([len(t) for t in tokens])
+    d = config.data
+
+    def init(key):
+        dummy = jnp.zeros((1, d.bucket), jnp.int32)
+        return model.init(key, dummy, jnp.ones((1,), jnp.int32))["params"]
+
+    def loss_fn(params, batch, key):
+        out = model.apply({"params": params}, batch["tokens"], batch["lengths"], train=True, rngs={"dropout": key})
+        ll = crf.crf_log_likelihood(
+            out.emissions, out.transitions, batch["lengths"], batch["tags"], start=out.start, end=out.end, allowed=allowed
+        )
+        loss = -jnp.mean(ll)
+        return loss, {"nll_per_token": -jnp.sum(ll) / jnp.sum(batch["lengths"])}
+
+    def train_batches(start_step):
+        for idx in step_batches(lengths, d.batch_size, config.seed, start_step):
+            yield make_batch(tokens, tags, idx, d.bucket, d.max_len)
+
+    test_examples, _ = load_split(config, "test")
+
+    def evaluate(params):
+        return evaluate_examples(config, model, params, vocab, test_examples)
+
+    return Task(init, make_optimizer(config), loss_fn, train_batches, evaluate)
+
+
+def make_decoder(model: Tagger, allowed):
+    @jax.jit
+    def decode(params, tokens, lengths):
+        out = model.apply({"params": params}, tokens, lengths)
+        return crf.crf_viterbi(out.emissions, out.transitions, lengths, start=out.start, end=out.end, allowed=allowed)[0]
+
+    return decode
+
+
+def decode_all(config, model, params, vocab, token_lists) -> list[list[str]]:
+    """Viterbi tags for every sequence, batched by similar length; no truncation."""
+    decode = make_decoder(model, constraints(config, vocab))
+    encoded = [vocab.encode(toks) for toks in token_lists]
+    order = np.argsort([len(t) for t in encoded], kind="stable")
+    bs, bucket = config.data.eval_batch_size, config.data.bucket
+    out: list[list[str] | None] = [None] * len(encoded)
+    for i in range(0, len(order), bs):
+        idx = order[i : i + bs]
+        lengths = np.array([len(encoded[j]) for j in idx], np.int32)
+        t = padded_length(int(lengths.max()), bucket)
+        pad_rows = bs - len(idx)  # fixed batch shape: one compilation per bucket
+        toks = pad_batch([encoded[j] for j in idx] + [np.zeros(1, np.int32)] * pad_rows, t)
+        lens = np.concatenate([lengths, np.ones(pad_rows, np.int32)])
+        tags = np.asarray(decode(params, toks, lens))
+        for row, j in enumerate(idx):
+            out[j] = [vocab.labels[k] for k in tags[row, : lengths[row]]]
+    return out
+
+
+def evaluate_examples(config, model, params, vocab, examples) -> dict[str, float]:
+    predicted = decode_all(config, model, params, vocab, [toks for toks, _ in examples])
+    gold = [chunks([vocab.labels[k] for k in tags], vocab.scheme) for _, tags in examples]
+    pred = [chunks(p, vocab.scheme) for p in predicted]
+    scores = span_f1(gold, pred)
+    correct = sum(int(vocab.labels[g] == p) for (_, tags), ps in zip(examples, predicted) for g, p in zip(tags, ps))
+    scores["tag_accuracy"] = correct / max(1, sum(len(t) for _, t in examples))
+    return scores
+
+
+def tag_text(config, model, params, vocab, text: str):
+    """Tags raw text character by character; returns (tags, spans as (text, start, end, type))."""
+    chars = list(text)
+    tags = decode_all(config, model, params, vocab, [chars])[0]
+    spans = sorted(chunks(tags, vocab.scheme))
+    return tags, [("".join(chars[s:e]), s, e, kind) for s, e, kind in spans]
