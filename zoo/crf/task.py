@@ -81,7 +81,18 @@ def make_model(config: ml_collections.ConfigDict, vocab: Vocabulary) -> Tagger:
 
 
 def constraints(config, vocab: Vocabulary):
-    return crf.allowed_transitions(vocab.scheme, vocab.labels) if config.model.constrained else None
+    """The scheme's constraints for training and decoding (``model.constrained``).
+
+    ``model.constrain_start_end=False`` keeps only the pair constraints: corpora cut into
+    fixed-length pieces (MSRA) have sentences that open inside an entity (M-ORG, E-PER).
+    """
+    if not config.model.constrained:
+        return None
+    allowed = crf.allowed_transitions(vocab.scheme, vocab.labels)
+    if not config.model.constrain_start_end:
+        everywhere = np.ones_like(allowed.start)
+        allowed = allowed._replace(start=everywhere, end=everywhere)
+    return allowed
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -151,8 +162,15 @@ def get_task(config: ml_collections.ConfigDict, workdir: Path) -> Task:
         ll = crf.crf_log_likelihood(
             out.emissions, out.transitions, batch["lengths"], batch["tags"], start=out.start, end=out.end, allowed=allowed
         )
-        loss = -jnp.mean(ll)
-        return loss, {"nll_per_token": -jnp.sum(ll) / jnp.sum(batch["lengths"])}
+        # A gold path the constraints forbid scores ~FORBIDDEN (-1e30): leave it out of
+        # the mean rather than let one bad label swamp the loss, and report the count.
+        valid = ll > 0.5 * crf.FORBIDDEN
+        ll = jnp.where(valid, ll, 0.0)
+        loss = -jnp.sum(ll) / jnp.maximum(jnp.sum(valid), 1)
+        return loss, {
+            "nll_per_token": -jnp.sum(ll) / jnp.sum(jnp.where(valid, batch["lengths"], 0)),
+            "forbidden_gold_paths": jnp.sum(~valid).astype(jnp.float32),
+        }
 
     def train_batches(start_step):
         for idx in step_batches(lengths, d.batch_size, config.seed, start_step):

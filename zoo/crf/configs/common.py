@@ -13,7 +13,7 @@ def base_config() -> ml_collections.ConfigDict:
     )  # fmt: skip
     c.model = dict(
         embed_dim=128, encoder="cnn", features=128, kernel_size=3, dilations=(1, 1, 1), residual=False,
-        lstm_layers=1, dropout=0.0, use_start_end=False, constrained=True,
+        lstm_layers=1, dropout=0.0, use_start_end=False, constrained=True, constrain_start_end=True,
     )  # fmt: skip
     c.optim = dict(
         learning_rate=1e-3, warmup_steps=200, final_lr_fraction=0.05, weight_decay=0.0, grad_clip=5.0,
