@@ -101,3 +101,14 @@ def test_transitions_learning_rate_multiplier(data_dir):
     base, boosted = first_update(1.0), first_update(1000.0)
     np.testing.assert_allclose(boosted["crf_transitions"], 1000.0 * base["crf_transitions"], rtol=1e-5)
     np.testing.assert_allclose(boosted["embed"]["embedding"], base["embed"]["embedding"])
+
+
+def test_split_long_cuts_at_chunk_boundaries():
+    labels = ["s", "b", "m", "e"]
+    tags = [1, 2, 3, 0, 1, 3, 1, 2, 2, 3]  # words: bme s be bmme
+    tokens = list("abcdefghij")
+    pieces = crf_task.split_long([(tokens, tags)], labels, "BMES", max_len=5)
+    assert [p[1] for p in pieces] == [[1, 2, 3, 0], [1, 3], [1, 2, 2, 3]]
+    assert "".join(t for p in pieces for t in p[0]) == "abcdefghij"
+    # No boundary inside the window: a hard cut.
+    assert [len(p[0]) for p in crf_task.split_long([(list("abcdefg"), [1] + [2] * 5 + [3])], labels, "BMES", 3)] == [3, 3, 1]

@@ -127,14 +127,40 @@ def make_batch(tokens, tags, indices, bucket, max_len):
     }
 
 
+def split_long(examples, labels, scheme, max_len):
+    """Cuts examples longer than ``max_len`` into pieces at chunk boundaries.
+
+    Truncating instead would leave pieces that end inside a word or entity, whose gold
+    paths the scheme's start/end constraints forbid. A cut before position j is taken
+    where tag j may open a sequence and tag j−1 may close one; a piece with no such
+    place is cut hard at ``max_len``.
+    """
+    allowed = crf.allowed_transitions(scheme, labels)
+    out = []
+    for tokens, tags in examples:
+        begin = 0
+        while len(tokens) - begin > max_len:
+            cut = begin + max_len
+            while cut > begin + 1 and not (allowed.start[tags[cut]] and allowed.end[tags[cut - 1]]):
+                cut -= 1
+            cut = cut if cut > begin + 1 else begin + max_len
+            out.append((tokens[begin:cut], tags[begin:cut]))
+            begin = cut
+        out.append((tokens[begin:], tags[begin:]))
+    return out
+
+
 def load_split(config, split):
+    """``(examples, labels)`` of a split; training examples are cut to ``data.max_len``."""
     source = zoo_data.load(config.data.name, split, data_dir=config.data.data_dir or None)
-    examples = zoo_data.read_examples(source, config.data.name)
+    labels = zoo_data.tag_names(source, config.data.name)
+    examples = [ex for ex in zoo_data.read_examples(source, config.data.name) if len(ex[0]) > 0]
     limit = config.data.get(f"{split}_limit", 0)
-    examples = [ex for ex in examples if len(ex[0]) > 0]
     if limit:
         examples = examples[:limit]
-    return examples, zoo_data.tag_names(source, config.data.name)
+    if split == "train":
+        examples = split_long(examples, labels, zoo_data.DATASETS[config.data.name].scheme, config.data.max_len)
+    return examples, labels
 
 
 def get_task(config: ml_collections.ConfigDict, workdir: Path) -> Task:

@@ -1,0 +1,216 @@
+"""Timing, environment capture and result writing shared by every benchmark suite.
+
+What is measured:
+
+* :func:`time_jax`: the one-off cost of tracing/lowering and of XLA compilation, each
+  timed on its own, then the steady state of the compiled executable: ``warmup``
+  untimed calls, then ``repeats`` calls timed one by one, each ending in
+  :func:`jax.block_until_ready` so that asynchronous dispatch cannot hide work.
+* :func:`time_callable`: the same steady-state protocol for any Python callable
+  (PyTorch peers on CPU run synchronously, so no barrier is needed).
+
+Both report the median (robust to the odd scheduler hiccup) and the 90th percentile
+(how bad the tail is) in milliseconds, plus the raw samples' count.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+__all__ = ["summarize", "time_jax", "time_callable", "OtherCpuLoad", "environment", "write_jsonl", "markdown_table"]
+
+# Distributions whose versions matter to a result; absent ones are reported as None.
+_VERSIONED = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "pytorch-crf", "torch-struct")
+
+
+def summarize(samples_s: Sequence[float]) -> dict:
+    """Median / p90 / min in ms of per-call wall times given in seconds."""
+    ms = np.asarray(samples_s, np.float64) * 1e3
+    return {
+        "median_ms": float(np.median(ms)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "min_ms": float(np.min(ms)),
+        "repeats": int(ms.size),
+    }
+
+
+def _timed_calls(call: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
+    """Runs ``call`` ``warmup`` times untimed, then returns ``repeats`` wall times (s)."""
+    for _ in range(warmup):
+        call()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - t0)
+    return samples
+
+
+def time_jax(fn: Callable, *args, warmup: int = 5, repeats: int = 30) -> dict:
+    """Times a JAX function: trace+lower, compile, and steady-state execution.
+
+    Args:
+      fn: a function of JAX arrays (jitted or not; it is wrapped in ``jax.jit``).
+      *args: its arguments, already on device (transfers are not what we measure).
+      warmup: untimed calls before measuring (caches, allocator, thread pools).
+      repeats: timed calls; each is followed by ``jax.block_until_ready``.
+
+    Returns:
+      dict with ``lower_ms``, ``compile_ms`` (one-off costs), ``median_ms``, ``p90_ms``,
+      ``min_ms``, ``repeats``, and ``output``: the last call's result (for checks).
+    """
+    import jax
+
+    t0 = time.perf_counter()
+    lowered = jax.jit(fn).lower(*args)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    # Calling the compiled executable directly measures the kernel plus the minimal
+    # dispatch, not jit's cache look-up or a second compilation.
+    samples = _timed_calls(lambda: jax.block_until_ready(compiled(*args)), warmup, repeats)
+    result = {"lower_ms": (t1 - t0) * 1e3, "compile_ms": (t2 - t1) * 1e3, **summarize(samples)}
+    result["output"] = jax.block_until_ready(compiled(*args))
+    return result
+
+
+def time_callable(fn: Callable[[], Any], *, warmup: int = 5, repeats: int = 30) -> dict:
+    """Steady-state wall time of a zero-argument callable (e.g. a PyTorch step).
+
+    Returns:
+      dict with ``median_ms``, ``p90_ms``, ``min_ms``, ``repeats`` and ``output``
+      (the result of one more call, for checks).
+    """
+    samples = _timed_calls(fn, warmup, repeats)
+    return {**summarize(samples), "output": fn()}
+
+
+class OtherCpuLoad:
+    """Context manager: how many cores *other* processes kept busy while it was open.
+
+    Linux only (``/proc/stat``); ``cores`` stays None elsewhere. Tick resolution is
+    10 ms, so the figure is meaningful over blocks of a second or more. A value well
+    above 0 means the timings inside the block competed for the CPUs (on a 2-core
+    machine even one busy neighbour makes multi-threaded PyTorch ~100x slower).
+    """
+
+    cores: float | None = None
+
+    @staticmethod
+    def _snapshot():
+        try:
+            with open("/proc/stat") as f:
+                user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+        except (OSError, ValueError):
+            return None
+        own = os.times()
+        busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+        return time.perf_counter(), busy, own.user + own.system
+
+    def __enter__(self):
+        self._start = self._snapshot()
+        return self
+
+    def __exit__(self, *exc):
+        end = self._snapshot()
+        if self._start and end and end[0] > self._start[0]:
+            wall, busy, own = (b - a for a, b in zip(self._start, end))
+            self.cores = round(max(busy - own, 0.0) / wall, 2)
+        return False
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def git_revision(cwd: str | os.PathLike | None = None) -> str:
+    """Short hash of HEAD (``+dirty`` if the tree has changes), or ``"unknown"``."""
+    cwd = cwd or pathlib.Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{rev}+dirty" if dirty else rev
+
+
+def environment() -> dict:
+    """What a result depends on: device, versions, CPUs and their load, Python, git revision."""
+    import jax
+
+    device = jax.devices()[0]
+    return {
+        "platform": device.platform,
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "versions": {name: _version(name) for name in _VERSIONED},
+        "git_rev": git_revision(),
+        "load_avg_1m": load_average(),
+    }
+
+
+def load_average() -> float | None:
+    """1-minute load average: other processes competing for the CPUs skew timings."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> pathlib.Path:
+    """Writes one JSON object per line, replacing the file; creates parent folders."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for record in records:
+            f.write(json.dumps(record, default=_json_default) + "\n")
+    return path
+
+
+def _json_default(value):
+    # numpy scalars and arrays show up in records; JSON has no such types.
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        if abs(value) >= 1e3:
+            return f"{value:,.0f}"  # times in ms and throughputs: digits past the point are noise
+        return f"{value:.3g}" if abs(value) < 1e-2 else f"{value:.2f}"
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(records: Sequence[dict], columns: Sequence[str | tuple[str, str]]) -> str:
+    """GitHub Markdown table; a column is a key or ``(key, header)``; missing keys stay blank."""
+    cols = [(c, c) if isinstance(c, str) else c for c in columns]
+    lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
+    for record in records:
+        lines.append("| " + " | ".join(_cell(record.get(k)) for k, _ in cols) + " |")
+    return "\n".join(lines)
