@@ -285,7 +285,8 @@ def _forward_pass(emissions, transitions, lengths, start, end):
     steps = (jnp.swapaxes(emissions[:, 1:], 0, 1), jnp.arange(1, emissions.shape[1]))
     (alpha_hat, log_norm, compensation), alpha_hats = jax.lax.scan(step, init, steps)
     log_z = (log_norm - compensation) + jax.nn.logsumexp(alpha_hat + end, axis=-1)
-    return log_z, jnp.concatenate([init[0][None], alpha_hats], axis=0)
+    # alpha_hat is now α̂ at each sequence's last position (padded steps carried it).
+    return log_z, (jnp.concatenate([init[0][None], alpha_hats], axis=0), alpha_hat)
 
 
 @jax.custom_vjp
@@ -295,28 +296,30 @@ def _forward_scan(emissions, transitions, lengths, start, end):
 
 
 def _forward_scan_fwd(emissions, transitions, lengths, start, end):
-    log_z, alpha_hats = _forward_pass(emissions, transitions, lengths, start, end)
-    return log_z, (emissions, transitions, lengths, start, end, alpha_hats)
+    log_z, (alpha_hats, alpha_last) = _forward_pass(emissions, transitions, lengths, start, end)
+    return log_z, (emissions, transitions, lengths, start, end, alpha_hats, alpha_last)
 
 
 def _forward_scan_bwd(residuals, g):
     """Backward recursion β and the exact posteriors it gives.
 
-    d log Z / d e_t[j] = P(y_t = j) = softmax_j(α̂_t[j] + β̂_t[j]) and
-    d log Z / d T[i, j] = Σ_t P(y_{t-1} = i, y_t = j). The pair posterior of a step
-    factorises exactly as x[i] · exp(T[i, j] − rowmax_i) · v[j] with bounded x and v, so
-    the scan only carries β and one vectorised einsum after it sums all steps; a step
-    that needs the exact-logsumexp branch (same test as the forward) adds its pair
-    posterior to a separate accumulator inside the scan instead. This costs about two forward passes, against
-    ~3.4 for autodiff through the scan. Only first-order reverse mode is defined
-    (no jvp, no Hessians).
+    d log Z / d T[i, j] = Σ_t P(y_{t-1} = i, y_t = j) and d log Z / d e_t = P(y_t). The
+    pair posterior of step t factorises exactly as x[i] · exp(T[i, j] − rowmax_i) · v[j]
+    with bounded x and v, and its row sums x[i] · total[i] are the posterior of position
+    t − 1; so the scan only carries β, and a few vectorised ops after it give every
+    gradient (the last position's posterior is softmax(α̂_{L−1} + end)). A step that
+    needs the exact-logsumexp branch (same test as the forward) computes its pair
+    posterior inside the scan instead. Cost: about two forward passes, against ~3.4 for
+    autodiff through the scan, and only α̂ [T, B, K] is stored. Only first-order
+    reverse mode is defined (no jvp, no Hessians).
     """
-    emissions, transitions, lengths, start, end, alpha_hats = residuals
+    emissions, transitions, lengths, start, end, alpha_hats, alpha_last = residuals
     bsz, t_max, k = emissions.shape
     row_max = jax.lax.stop_gradient(jnp.max(transitions, axis=1))  # [K]
     row_shift = row_max - jnp.max(row_max)  # [K], <= 0
     exp_trans = jnp.exp(transitions - row_max[:, None])  # [K, K], max of each row is 1
     active = jnp.arange(1, t_max)[:, None] < lengths[None, :]  # [T-1, B]: step t is inside
+    emit_next = jnp.swapaxes(emissions[:, 1:], 0, 1)  # [T-1, B, K]: e_t for t = 1..T-1
 
     def step(carry, inputs):
         beta_hat, pairs_exact = carry  # β̂_t [B, K] up to a per-row shift
@@ -326,27 +329,28 @@ def _forward_scan_bwd(residuals, g):
         total = v @ exp_trans.T  # [B, K_prev]; β_{t-1} = log(total) + rowmax + shifts
         safe = jnp.all((total > _SAFE_SUM) | ~active_t[:, None])
 
+        def fast():
+            return jnp.log(jnp.maximum(total, _SAFE_SUM)) + row_shift, pairs_exact, jnp.zeros_like(v)
+
         def exact():
             scores = transitions[None] + w[:, None, :]  # [B, K_prev, K]
             beta_prev = jax.nn.logsumexp(scores, axis=-1)
             z = jax.nn.logsumexp(alpha_prev + beta_prev, axis=-1)
             pair = jnp.exp(alpha_prev[:, :, None] + scores - z[:, None, None])
             pair = pair * jnp.where(active_t, g, 0.0)[:, None, None]
-            return beta_prev - jnp.max(beta_prev, axis=-1, keepdims=True), pairs_exact + jnp.sum(pair, axis=0)
+            beta_prev = beta_prev - jnp.max(beta_prev, axis=-1, keepdims=True)
+            return beta_prev, pairs_exact + jnp.sum(pair, axis=0), jnp.sum(pair, axis=-1)
 
-        beta_prev, pairs_exact = jax.lax.cond(
-            safe, lambda: (jnp.log(jnp.maximum(total, _SAFE_SUM)) + row_shift, pairs_exact), exact
-        )
+        beta_prev, pairs_exact, posterior_exact = jax.lax.cond(safe, fast, exact)
         beta_prev = jnp.where(active_t[:, None], beta_prev, beta_hat)
-        return (beta_prev, pairs_exact), (beta_hat, safe)
+        return (beta_prev, pairs_exact), (beta_hat, safe, posterior_exact)
 
     beta_last = jnp.broadcast_to(end - jnp.max(end), (bsz, k))
-    inputs = (jnp.swapaxes(emissions[:, 1:], 0, 1), alpha_hats[:-1], active)
-    (beta0, pairs_exact), (beta_hats, safe_steps) = jax.lax.scan(
-        step, (beta_last, jnp.zeros_like(transitions)), inputs, reverse=True
+    (_, pairs_exact), (beta_hats, safe_steps, posterior_exact) = jax.lax.scan(
+        step, (beta_last, jnp.zeros_like(transitions)), (emit_next, alpha_hats[:-1], active), reverse=True
     )
-    # Pair posteriors of the fast steps, all at once: x[t, b, i] · exp_trans[i, j] · v[t, b, j].
-    w = jnp.swapaxes(emissions[:, 1:], 0, 1) + beta_hats  # [T-1, B, K]
+    # Fast steps, all at once: pair posterior x[t, b, i] · exp_trans[i, j] · v[t, b, j].
+    w = emit_next + beta_hats
     v = jnp.exp(w - jnp.max(w, axis=-1, keepdims=True))
     total = v @ exp_trans.T
     a = jnp.exp(alpha_hats[:-1] + row_shift)  # <= 1
@@ -354,14 +358,14 @@ def _forward_scan_bwd(residuals, g):
     # x·total sums to the weight and total > 1e-30 on fast steps, so x is finite.
     x = a * weight / jnp.maximum(jnp.sum(a * total, axis=-1, keepdims=True), _SAFE_SUM)
     grad_trans = jnp.einsum("tbi,tbj->ij", x, v) * exp_trans + pairs_exact
-    beta_hats = jnp.concatenate([beta0[None], beta_hats], axis=0)  # [T, B, K]
-    valid = (jnp.arange(t_max)[:, None] < lengths[None, :])[..., None]  # [T, B, 1]
-    marginals = jnp.where(valid, jax.nn.softmax(alpha_hats + beta_hats, axis=-1), 0.0)
-    marginals = jnp.swapaxes(marginals, 0, 1)  # [B, T, K]
-    grad_emissions = marginals * g[:, None, None]
-    grad_start = jnp.sum(marginals[:, 0] * g[:, None], axis=0)
-    last = jnp.take_along_axis(marginals, (lengths - 1)[:, None, None], axis=1)[:, 0]
-    grad_end = jnp.sum(last * g[:, None], axis=0)
+    # Weighted posteriors of positions 0..T-2, then the last position of each sequence.
+    posterior = jnp.swapaxes(x * total + posterior_exact, 0, 1)  # [B, T-1, K]
+    last = jax.nn.softmax(alpha_last + end, axis=-1) * g[:, None]  # [B, K]
+    is_last = (jnp.arange(t_max)[None, :] == (lengths - 1)[:, None])[..., None]  # [B, T, 1]
+    grad_emissions = jnp.concatenate([posterior, jnp.zeros_like(last)[:, None]], axis=1)
+    grad_emissions = jnp.where(is_last, last[:, None, :], grad_emissions)
+    grad_start = jnp.sum(grad_emissions[:, 0], axis=0)
+    grad_end = jnp.sum(last, axis=0)
     grad_lengths = np.zeros(lengths.shape, jax.dtypes.float0)
     return grad_emissions, grad_trans, grad_lengths, grad_start, grad_end
 
