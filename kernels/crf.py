@@ -304,14 +304,14 @@ def _forward_scan_bwd(residuals, g):
     """Backward recursion β and the exact posteriors it gives.
 
     d log Z / d T[i, j] = Σ_t P(y_{t-1} = i, y_t = j) and d log Z / d e_t = P(y_t). The
-    pair posterior of step t factorises exactly as x[i] · exp(T[i, j] − rowmax_i) · v[j]
-    with bounded x and v, and its row sums x[i] · total[i] are the posterior of position
-    t − 1; so the scan only carries β, and a few vectorised ops after it give every
-    gradient (the last position's posterior is softmax(α̂_{L−1} + end)). A step that
-    needs the exact-logsumexp branch (same test as the forward) computes its pair
-    posterior inside the scan instead. Cost: about two forward passes, against ~3.4 for
-    autodiff through the scan, and only α̂ [T, B, K] is stored. Only first-order
-    reverse mode is defined (no jvp, no Hessians).
+    scan only computes β (same fast/exact branching as the forward); the posteriors
+    come after it from a few vectorised ops over all steps at once. When every step
+    took the fast branch, the pair posterior of step t factorises exactly as
+    x[i] · exp(T[i, j] − rowmax_i) · v[j] with bounded x and v, and its row sums are the
+    posterior of position t − 1; otherwise the posteriors are computed in log space
+    over [T, B, K, K]. Cost: about two forward passes (autodiff through the scan: ~3.4),
+    and only α̂ [T, B, K] is stored. Only first-order reverse mode is defined (no jvp,
+    no Hessians).
     """
     emissions, transitions, lengths, start, end, alpha_hats, alpha_last = residuals
     bsz, t_max, k = emissions.shape
@@ -322,44 +322,42 @@ def _forward_scan_bwd(residuals, g):
     emit_next = jnp.swapaxes(emissions[:, 1:], 0, 1)  # [T-1, B, K]: e_t for t = 1..T-1
 
     def step(carry, inputs):
-        beta_hat, pairs_exact = carry  # β̂_t [B, K] up to a per-row shift
-        emit_t, alpha_prev, active_t = inputs  # e_t, α̂_{t-1} (max 0), [B]
+        beta_hat, all_safe = carry  # β̂_t [B, K] up to a per-row shift
+        emit_t, active_t = inputs
         w = emit_t + beta_hat
         v = jnp.exp(w - jnp.max(w, axis=-1, keepdims=True))  # [B, K], max 1
         total = v @ exp_trans.T  # [B, K_prev]; β_{t-1} = log(total) + rowmax + shifts
         safe = jnp.all((total > _SAFE_SUM) | ~active_t[:, None])
-
-        def fast():
-            return jnp.log(jnp.maximum(total, _SAFE_SUM)) + row_shift, pairs_exact, jnp.zeros_like(v)
-
-        def exact():
-            scores = transitions[None] + w[:, None, :]  # [B, K_prev, K]
-            beta_prev = jax.nn.logsumexp(scores, axis=-1)
-            z = jax.nn.logsumexp(alpha_prev + beta_prev, axis=-1)
-            pair = jnp.exp(alpha_prev[:, :, None] + scores - z[:, None, None])
-            pair = pair * jnp.where(active_t, g, 0.0)[:, None, None]
-            beta_prev = beta_prev - jnp.max(beta_prev, axis=-1, keepdims=True)
-            return beta_prev, pairs_exact + jnp.sum(pair, axis=0), jnp.sum(pair, axis=-1)
-
-        beta_prev, pairs_exact, posterior_exact = jax.lax.cond(safe, fast, exact)
-        beta_prev = jnp.where(active_t[:, None], beta_prev, beta_hat)
-        return (beta_prev, pairs_exact), (beta_hat, safe, posterior_exact)
+        beta_prev = jax.lax.cond(
+            safe,
+            lambda: jnp.log(jnp.maximum(total, _SAFE_SUM)) + row_shift,
+            lambda: jax.nn.logsumexp(transitions[None] + w[:, None, :], axis=-1),
+        )
+        beta_prev = beta_prev - jnp.max(beta_prev, axis=-1, keepdims=True)
+        return (jnp.where(active_t[:, None], beta_prev, beta_hat), all_safe & safe), (beta_hat, v, total)
 
     beta_last = jnp.broadcast_to(end - jnp.max(end), (bsz, k))
-    (_, pairs_exact), (beta_hats, safe_steps, posterior_exact) = jax.lax.scan(
-        step, (beta_last, jnp.zeros_like(transitions)), (emit_next, alpha_hats[:-1], active), reverse=True
+    (_, all_safe), (beta_hats, vs, totals) = jax.lax.scan(
+        step, (beta_last, jnp.array(True)), (emit_next, active), reverse=True
     )
-    # Fast steps, all at once: pair posterior x[t, b, i] · exp_trans[i, j] · v[t, b, j].
-    w = emit_next + beta_hats
-    v = jnp.exp(w - jnp.max(w, axis=-1, keepdims=True))
-    total = v @ exp_trans.T
-    a = jnp.exp(alpha_hats[:-1] + row_shift)  # <= 1
-    weight = jnp.where(active & safe_steps[:, None], g[None, :], 0.0)[..., None]  # [T-1, B, 1]
-    # x·total sums to the weight and total > 1e-30 on fast steps, so x is finite.
-    x = a * weight / jnp.maximum(jnp.sum(a * total, axis=-1, keepdims=True), _SAFE_SUM)
-    grad_trans = jnp.einsum("tbi,tbj->ij", x, v) * exp_trans + pairs_exact
+    weight = jnp.where(active, g[None, :], 0.0)[..., None]  # [T-1, B, 1]
+    w = emit_next + beta_hats  # [T-1, B, K]
+
+    def factorised():
+        v, total = vs, totals  # the scan's own v and total of every step
+        a = jnp.exp(alpha_hats[:-1] + row_shift)  # <= 1
+        # x·total sums to the weight and total > 1e-30 on fast steps, so x is finite.
+        x = a * weight / jnp.maximum(jnp.sum(a * total, axis=-1, keepdims=True), _SAFE_SUM)
+        return jnp.einsum("tbi,tbj->ij", x, v) * exp_trans, x * total
+
+    def log_space():
+        scores = alpha_hats[:-1, :, :, None] + transitions + w[:, :, None, :]  # [T-1, B, K, K]
+        pair = jnp.exp(scores - jax.nn.logsumexp(scores, axis=(-2, -1), keepdims=True)) * weight[..., None]
+        return jnp.sum(pair, axis=(0, 1)), jnp.sum(pair, axis=-1)
+
+    grad_trans, posterior = jax.lax.cond(all_safe, factorised, log_space)
     # Weighted posteriors of positions 0..T-2, then the last position of each sequence.
-    posterior = jnp.swapaxes(x * total + posterior_exact, 0, 1)  # [B, T-1, K]
+    posterior = jnp.swapaxes(posterior, 0, 1)  # [B, T-1, K]
     last = jax.nn.softmax(alpha_last + end, axis=-1) * g[:, None]  # [B, K]
     is_last = (jnp.arange(t_max)[None, :] == (lengths - 1)[:, None])[..., None]  # [B, T, 1]
     grad_emissions = jnp.concatenate([posterior, jnp.zeros_like(last)[:, None]], axis=1)
