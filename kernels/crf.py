@@ -245,117 +245,197 @@ def _kahan_add(total, compensation, value):
     return new_total, (new_total - total) - y
 
 
-def _forward_pass(emissions, transitions, lengths, start, end):
-    """Forward algorithm with a normalised state; returns (log Z[B], α̂[T, B, K]).
+# The scan forward algorithm and its hand-written VJP.
+#
+# α_t[j] = logsumexp_i(α_{t-1}[i] + T[i, j]) + e_t[j]   (forward)
+# β_t[i] = logsumexp_j(T[i, j] + e_{t+1}[j] + β_{t+1}[j]) (backward), β_{L-1} = end
+#
+# Both recursions carry a state normalised per row (α̂ = α − max α, largest entry 0);
+# the forward's shifts are summed with Kahan compensation into log Z, which keeps
+# float32 log Z within ~1e-7 relative for T in the thousands.
+#
+# Fast pass: each logsumexp over K is a matrix product with exp(T) shifted so every
+# row/column peaks at 1, e.g. log(exp(α̂) @ exp(T − colmax T)) + colmax T: K
+# exponentials per step instead of K². Nothing overflows, but a state whose
+# predecessors all sit ~70 nats below the best one underflows (confident taggers with
+# constraints do that). A pass therefore records whether any live sum fell below 1e-30,
+# and if one did the pass is redone with the exact K² logsumexp: one `lax.cond` around
+# the scan rather than one per step, which on CPU costs more than the rare redo.
+#
+# β does not depend on the cotangent, so the VJP's forward rule runs α and β in one
+# fused scan (half the loop iterations: small-K steps are dominated by per-iteration
+# overhead), and the backward rule is a few vectorised ops.
 
-    α_t[j] = logsumexp_i(α_{t-1}[i] + T[i, j]) + e_t[j]. The carried state is
-    α̂_t = α_t − max_j α_t (so its largest entry is 0) and the shifts are summed with
-    Kahan compensation into log Z, which keeps float32 log Z within ~1e-6 relative even
-    for T in the thousands.
 
-    The logsumexp over the previous tag is a matrix product, log(exp(α̂) @ exp(T −
-    colmax T)) + colmax T: K exponentials per step instead of K². The largest factor of
-    every term is 1, so nothing overflows; a state whose predecessors all sit ~70 nats
-    below the best one would underflow (confident taggers with constraints do that), so
-    any step where a live sum falls below 1e-30 is recomputed with the exact K²
-    logsumexp (a `lax.cond`: the slow branch costs only when taken).
-    """
-    col_max = jax.lax.stop_gradient(jnp.max(transitions, axis=0))  # [K]
-    exp_trans = jnp.exp(transitions - col_max)  # [K, K], max of each column is 1
-    alpha0 = start + emissions[:, 0]  # [B, K]
-    shift0 = jnp.max(alpha0, axis=-1)
+class _Recursions(NamedTuple):
+    """Precomputed per-call constants shared by the α and β steps."""
 
-    def step(carry, inputs):
-        alpha_hat, log_norm, compensation = carry
-        emit_t, t = inputs  # [B, K], []
-        active = t < lengths  # [B]: past a sequence's end the state is carried unchanged
-        total = jnp.exp(alpha_hat) @ exp_trans  # [B, K]
+    transitions: jax.Array  # [K, K]
+    col_max: jax.Array  # [K]
+    exp_trans_col: jax.Array  # [K, K]: exp(T − colmax), each column peaks at 1
+    row_shift: jax.Array  # [K]: rowmax − max(rowmax) <= 0
+    exp_trans_row: jax.Array  # [K, K]: exp(T − rowmax), each row peaks at 1
+
+
+def _recursions(transitions) -> _Recursions:
+    col_max = jax.lax.stop_gradient(jnp.max(transitions, axis=0))
+    row_max = jax.lax.stop_gradient(jnp.max(transitions, axis=1))
+    return _Recursions(
+        transitions,
+        col_max,
+        jnp.exp(transitions - col_max),
+        row_max - jnp.max(row_max),
+        jnp.exp(transitions - row_max[:, None]),
+    )
+
+
+def _alpha_step(rec: _Recursions, exact: bool, carry, inputs):
+    """One forward step. carry: (α̂ [B, K], log_norm [B], compensation [B], all_safe)."""
+    alpha_hat, log_norm, compensation, all_safe = carry
+    emit_t, active = inputs  # [B, K], [B]: past a sequence's end the state is carried
+    if exact:
+        new, safe = jax.nn.logsumexp(alpha_hat[:, :, None] + rec.transitions[None], axis=1), True
+    else:
+        total = jnp.exp(alpha_hat) @ rec.exp_trans_col  # [B, K]
         safe = jnp.all((total > _SAFE_SUM) | ~active[:, None])
-        new = jax.lax.cond(
-            safe,
-            lambda: jnp.log(jnp.maximum(total, _SAFE_SUM)) + col_max,
-            lambda: jax.nn.logsumexp(alpha_hat[:, :, None] + transitions[None], axis=1),
-        ) + emit_t
-        shift = jnp.max(new, axis=-1)  # [B]
-        alpha_hat = jnp.where(active[:, None], new - shift[:, None], alpha_hat)
-        log_norm, compensation = _kahan_add(log_norm, compensation, jnp.where(active, shift, 0.0))
-        return (alpha_hat, log_norm, compensation), alpha_hat
+        new = jnp.log(jnp.maximum(total, _SAFE_SUM)) + rec.col_max
+    new = new + emit_t
+    shift = jnp.max(new, axis=-1)  # [B]
+    alpha_hat = jnp.where(active[:, None], new - shift[:, None], alpha_hat)
+    log_norm, compensation = _kahan_add(log_norm, compensation, jnp.where(active, shift, 0.0))
+    return (alpha_hat, log_norm, compensation, all_safe & safe), alpha_hat
 
-    init = (alpha0 - shift0[:, None], shift0, jnp.zeros_like(shift0))
-    steps = (jnp.swapaxes(emissions[:, 1:], 0, 1), jnp.arange(1, emissions.shape[1]))
-    (alpha_hat, log_norm, compensation), alpha_hats = jax.lax.scan(step, init, steps)
+
+def _beta_step(rec: _Recursions, exact: bool, carry, inputs):
+    """One backward step, from β̂_t to β̂_{t-1}. carry: (β̂_t [B, K], all_safe).
+
+    Also emits v = exp(w − max w) with w = e_t + β̂_t, and total = v @ exp_trans_rowᵀ:
+    the factors of the pair posterior of step t (see ``_forward_scan_bwd``).
+    """
+    beta_hat, all_safe = carry
+    emit_t, active = inputs
+    w = emit_t + beta_hat
+    v = jnp.exp(w - jnp.max(w, axis=-1, keepdims=True))  # [B, K], max 1
+    total = v @ rec.exp_trans_row.T  # [B, K_prev]
+    if exact:
+        beta_prev, safe = jax.nn.logsumexp(rec.transitions[None] + w[:, None, :], axis=-1), True
+    else:
+        safe = jnp.all((total > _SAFE_SUM) | ~active[:, None])
+        beta_prev = jnp.log(jnp.maximum(total, _SAFE_SUM)) + rec.row_shift
+    beta_prev = beta_prev - jnp.max(beta_prev, axis=-1, keepdims=True)
+    beta_prev = jnp.where(active[:, None], beta_prev, beta_hat)
+    return (beta_prev, all_safe & safe), (beta_hat, v, total)
+
+
+def _scan_inputs(emissions, lengths):
+    """(e_t [T-1, B, K], active_t [T-1, B]) for steps t = 1..T-1."""
+    active = jnp.arange(1, emissions.shape[1])[:, None] < lengths[None, :]
+    return jnp.swapaxes(emissions[:, 1:], 0, 1), active
+
+
+def _alpha_init(emissions, start):
+    alpha0 = start + emissions[:, 0]
+    shift0 = jnp.max(alpha0, axis=-1)
+    return (alpha0 - shift0[:, None], shift0, jnp.zeros_like(shift0), jnp.array(True))
+
+
+def _alpha_finish(init, carry, alpha_hats, end):
+    """log Z [B], α̂ [T, B, K], and α̂ at each sequence's last position."""
+    alpha_hat, log_norm, compensation, _ = carry
     log_z = (log_norm - compensation) + jax.nn.logsumexp(alpha_hat + end, axis=-1)
-    # alpha_hat is now α̂ at each sequence's last position (padded steps carried it).
-    return log_z, (jnp.concatenate([init[0][None], alpha_hats], axis=0), alpha_hat)
+    return log_z, jnp.concatenate([init[0][None], alpha_hats], axis=0), alpha_hat
+
+
+def _alpha_pass(rec, emissions, lengths, start, end, exact):
+    init = _alpha_init(emissions, start)
+    carry, alpha_hats = jax.lax.scan(functools.partial(_alpha_step, rec, exact), init, _scan_inputs(emissions, lengths))
+    return carry[-1], _alpha_finish(init, carry, alpha_hats, end)
+
+
+def _beta_init(end, bsz):
+    return (jnp.broadcast_to(end - jnp.max(end), (bsz, end.shape[0])), jnp.array(True))
+
+
+def _beta_pass(rec, emissions, lengths, end, exact):
+    (_, all_safe), outputs = jax.lax.scan(
+        functools.partial(_beta_step, rec, exact), _beta_init(end, emissions.shape[0]),
+        _scan_inputs(emissions, lengths), reverse=True,
+    )  # fmt: skip
+    return all_safe, outputs
+
+
+def _forward_pass(emissions, transitions, lengths, start, end):
+    """log Z [B] alone (the primal): the α pass, redone exactly if it underflowed."""
+    rec = _recursions(transitions)
+    safe, fast = _alpha_pass(rec, emissions, lengths, start, end, exact=False)
+    return jax.lax.cond(safe, lambda: fast, lambda: _alpha_pass(rec, emissions, lengths, start, end, exact=True)[1])[0]
 
 
 @jax.custom_vjp
 def _forward_scan(emissions, transitions, lengths, start, end):
-    """log Z[B] by the scan forward algorithm, with a hand-written forward-backward VJP."""
-    return _forward_pass(emissions, transitions, lengths, start, end)[0]
+    """log Z [B] by the scan forward algorithm, with a hand-written forward-backward VJP."""
+    return _forward_pass(emissions, transitions, lengths, start, end)
 
 
 def _forward_scan_fwd(emissions, transitions, lengths, start, end):
-    log_z, (alpha_hats, alpha_last) = _forward_pass(emissions, transitions, lengths, start, end)
-    return log_z, (emissions, transitions, lengths, start, end, alpha_hats, alpha_last)
+    """α and β in one fused scan (β is cotangent-free), exact redos where needed."""
+    rec = _recursions(transitions)
+    emit, active = _scan_inputs(emissions, lengths)
+    alpha_init, beta_init = _alpha_init(emissions, start), _beta_init(end, emissions.shape[0])
+
+    def fused(carry, inputs):
+        alpha_carry, beta_carry = carry
+        forward_in, backward_in = inputs  # step t and step T − t
+        alpha_carry, alpha_hat = _alpha_step(rec, False, alpha_carry, forward_in)
+        beta_carry, beta_out = _beta_step(rec, False, beta_carry, backward_in)
+        return (alpha_carry, beta_carry), (alpha_hat, beta_out)
+
+    reverse = lambda x: jnp.flip(x, axis=0)  # noqa: E731
+    (alpha_carry, (_, beta_safe)), (alpha_hats, beta_out) = jax.lax.scan(
+        fused, (alpha_init, beta_init), ((emit, active), (reverse(emit), reverse(active)))
+    )
+    alpha = jax.lax.cond(
+        alpha_carry[-1],
+        lambda: _alpha_finish(alpha_init, alpha_carry, alpha_hats, end),
+        lambda: _alpha_pass(rec, emissions, lengths, start, end, exact=True)[1],
+    )
+    beta = jax.lax.cond(
+        beta_safe,
+        lambda: jax.tree.map(reverse, beta_out),
+        lambda: _beta_pass(rec, emissions, lengths, end, exact=True)[1],
+    )
+    log_z, alpha_hats, alpha_last = alpha
+    return log_z, (emissions, lengths, end, rec, alpha_hats, alpha_last, beta, beta_safe)
 
 
 def _forward_scan_bwd(residuals, g):
-    """Backward recursion β and the exact posteriors it gives.
+    """Exact posteriors from α̂ and β̂, weighted by the cotangent g [B].
 
-    d log Z / d T[i, j] = Σ_t P(y_{t-1} = i, y_t = j) and d log Z / d e_t = P(y_t). The
-    scan only computes β (same fast/exact branching as the forward); the posteriors
-    come after it from a few vectorised ops over all steps at once. When every step
-    took the fast branch, the pair posterior of step t factorises exactly as
-    x[i] · exp(T[i, j] − rowmax_i) · v[j] with bounded x and v, and its row sums are the
-    posterior of position t − 1; otherwise the posteriors are computed in log space
-    over [T, B, K, K]. Cost: about two forward passes (autodiff through the scan: ~3.4),
-    and only α̂ [T, B, K] is stored. Only first-order reverse mode is defined (no jvp,
-    no Hessians).
+    d log Z / d T[i, j] = Σ_t P(y_{t-1} = i, y_t = j) and d log Z / d e_t = P(y_t). When
+    the β pass needed no exact redo, the pair posterior of step t factorises exactly as
+    x[i] · exp(T[i, j] − rowmax_i) · v[j] with bounded x and v (the β pass's own
+    factors), and its row sums x[i] · total[i] are the posterior of position t − 1;
+    otherwise the posteriors are computed in log space over [T, B, K, K]. The last
+    position's posterior is softmax(α̂_{L−1} + end). Only first-order reverse mode is
+    defined (no jvp, no Hessians).
     """
-    emissions, transitions, lengths, start, end, alpha_hats, alpha_last = residuals
+    emissions, lengths, end, rec, alpha_hats, alpha_last, (beta_hats, vs, totals), beta_safe = residuals
     bsz, t_max, k = emissions.shape
-    row_max = jax.lax.stop_gradient(jnp.max(transitions, axis=1))  # [K]
-    row_shift = row_max - jnp.max(row_max)  # [K], <= 0
-    exp_trans = jnp.exp(transitions - row_max[:, None])  # [K, K], max of each row is 1
-    active = jnp.arange(1, t_max)[:, None] < lengths[None, :]  # [T-1, B]: step t is inside
-    emit_next = jnp.swapaxes(emissions[:, 1:], 0, 1)  # [T-1, B, K]: e_t for t = 1..T-1
-
-    def step(carry, inputs):
-        beta_hat, all_safe = carry  # β̂_t [B, K] up to a per-row shift
-        emit_t, active_t = inputs
-        w = emit_t + beta_hat
-        v = jnp.exp(w - jnp.max(w, axis=-1, keepdims=True))  # [B, K], max 1
-        total = v @ exp_trans.T  # [B, K_prev]; β_{t-1} = log(total) + rowmax + shifts
-        safe = jnp.all((total > _SAFE_SUM) | ~active_t[:, None])
-        beta_prev = jax.lax.cond(
-            safe,
-            lambda: jnp.log(jnp.maximum(total, _SAFE_SUM)) + row_shift,
-            lambda: jax.nn.logsumexp(transitions[None] + w[:, None, :], axis=-1),
-        )
-        beta_prev = beta_prev - jnp.max(beta_prev, axis=-1, keepdims=True)
-        return (jnp.where(active_t[:, None], beta_prev, beta_hat), all_safe & safe), (beta_hat, v, total)
-
-    beta_last = jnp.broadcast_to(end - jnp.max(end), (bsz, k))
-    (_, all_safe), (beta_hats, vs, totals) = jax.lax.scan(
-        step, (beta_last, jnp.array(True)), (emit_next, active), reverse=True
-    )
+    emit, active = _scan_inputs(emissions, lengths)
     weight = jnp.where(active, g[None, :], 0.0)[..., None]  # [T-1, B, 1]
-    w = emit_next + beta_hats  # [T-1, B, K]
 
     def factorised():
-        v, total = vs, totals  # the scan's own v and total of every step
-        a = jnp.exp(alpha_hats[:-1] + row_shift)  # <= 1
+        a = jnp.exp(alpha_hats[:-1] + rec.row_shift)  # <= 1
         # x·total sums to the weight and total > 1e-30 on fast steps, so x is finite.
-        x = a * weight / jnp.maximum(jnp.sum(a * total, axis=-1, keepdims=True), _SAFE_SUM)
-        return jnp.einsum("tbi,tbj->ij", x, v) * exp_trans, x * total
+        x = a * weight / jnp.maximum(jnp.sum(a * totals, axis=-1, keepdims=True), _SAFE_SUM)
+        return jnp.einsum("tbi,tbj->ij", x, vs) * rec.exp_trans_row, x * totals
 
     def log_space():
-        scores = alpha_hats[:-1, :, :, None] + transitions + w[:, :, None, :]  # [T-1, B, K, K]
+        scores = alpha_hats[:-1, :, :, None] + rec.transitions + (emit + beta_hats)[:, :, None, :]
         pair = jnp.exp(scores - jax.nn.logsumexp(scores, axis=(-2, -1), keepdims=True)) * weight[..., None]
-        return jnp.sum(pair, axis=(0, 1)), jnp.sum(pair, axis=-1)
+        return jnp.sum(pair, axis=(0, 1)), jnp.sum(pair, axis=-1)  # [T-1, B, K_prev, K]
 
-    grad_trans, posterior = jax.lax.cond(all_safe, factorised, log_space)
+    grad_trans, posterior = jax.lax.cond(beta_safe, factorised, log_space)
     # Weighted posteriors of positions 0..T-2, then the last position of each sequence.
     posterior = jnp.swapaxes(posterior, 0, 1)  # [B, T-1, K]
     last = jax.nn.softmax(alpha_last + end, axis=-1) * g[:, None]  # [B, K]
