@@ -421,7 +421,7 @@ def _forward_scan_bwd(residuals, g):
     """
     emissions, lengths, end, rec, alpha_hats, alpha_last, (beta_hats, vs, totals), beta_safe = residuals
     bsz, t_max, k = emissions.shape
-    emit, active = _scan_inputs(emissions, lengths)
+    active = jnp.arange(1, t_max)[:, None] < lengths[None, :]  # [T-1, B]
     weight = jnp.where(active, g[None, :], 0.0)[..., None]  # [T-1, B, 1]
 
     def factorised():
@@ -431,6 +431,7 @@ def _forward_scan_bwd(residuals, g):
         return jnp.einsum("tbi,tbj->ij", x, vs) * rec.exp_trans_row, x * totals
 
     def log_space():
+        emit = jnp.swapaxes(emissions[:, 1:], 0, 1)  # only this rare branch needs e_t again
         scores = alpha_hats[:-1, :, :, None] + rec.transitions + (emit + beta_hats)[:, :, None, :]
         pair = jnp.exp(scores - jax.nn.logsumexp(scores, axis=(-2, -1), keepdims=True)) * weight[..., None]
         return jnp.sum(pair, axis=(0, 1)), jnp.sum(pair, axis=-1)  # [T-1, B, K_prev, K]

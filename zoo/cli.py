@@ -64,32 +64,12 @@ def _print_metrics(metrics):
 
 
 def _load_run(run_dir: Path):
-    """Config, vocabulary, model and latest parameters of a finished (or running) run."""
-    from zoo.core import parallel
-    from zoo.core.checkpoint import Checkpointer
-    from zoo.core.config import read_config
-    from zoo.core.train import init_state
     from zoo.crf import task as crf_task
 
-    config = read_config(run_dir / "config.json")
-    vocab = crf_task.Vocabulary.load(run_dir / "vocab.json")
-    model = crf_task.make_model(config, vocab)
-    ckpt = Checkpointer(run_dir / "checkpoints")
-    if ckpt.latest_step() is None:
-        raise SystemExit(f"error: {run_dir} holds no checkpoint")
-    mesh = parallel.data_mesh(1)
-    import jax
-
-    stub = crf_task.Task(
-        init=lambda key: model.init(key, jax.numpy.zeros((1, 8), "int32"), jax.numpy.ones((1,), "int32"))["params"],
-        optimizer=crf_task.make_optimizer(config),
-        loss_fn=None,
-        train_batches=None,
-        evaluate=None,
-    )
-    state = ckpt.restore(init_state(stub, jax.random.key(0), mesh))
-    ckpt.close()
-    return config, vocab, model, state.params, int(state.step)
+    try:
+        return crf_task.restore_run(run_dir)
+    except FileNotFoundError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 def _cmd_eval(args) -> int:

@@ -10,10 +10,10 @@ transitions divided by the multiplier.
 from __future__ import annotations
 
 import collections
+import dataclasses
+import functools
 import json
 from pathlib import Path
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -22,7 +22,10 @@ import optax
 
 from kernels import crf
 from zoo import data as zoo_data
-from zoo.core.train import Task
+from zoo.core import parallel
+from zoo.core.checkpoint import Checkpointer
+from zoo.core.config import read_config
+from zoo.core.train import Task, init_state
 from zoo.crf.model import Tagger
 from zoo.crf.spans import chunks, span_f1
 from zoo.data.batching import pad_batch, padded_length, step_batches
@@ -30,9 +33,12 @@ from zoo.data.batching import pad_batch, padded_length, step_batches
 PAD, UNK = 0, 1
 
 
-class Vocabulary(NamedTuple):
-    tokens: list[str]  # id -> token; 0 = <pad>, 1 = <unk>
-    labels: list[str]  # tag id -> name
+@dataclasses.dataclass
+class Vocabulary:
+    """Token ids (0 = <pad>, 1 = <unk>), tag names and the tagging scheme of a run."""
+
+    tokens: list[str]
+    labels: list[str]
     scheme: str
 
     @classmethod
@@ -41,26 +47,20 @@ class Vocabulary(NamedTuple):
         kept = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
         return cls(["<pad>", "<unk>", *kept], list(labels), scheme)
 
-    def encode(self, tokens) -> np.ndarray:
-        index = self._index()
-        return np.array([index.get(t, UNK) for t in tokens], np.int32)
+    @functools.cached_property
+    def _index(self) -> dict[str, int]:
+        return {t: i for i, t in enumerate(self.tokens)}
 
-    def _index(self):
-        # Cached on first use: NamedTuples cannot hold extra attributes, so use a dict.
-        key = id(self.tokens)
-        if key not in _INDEX_CACHE:
-            _INDEX_CACHE[key] = {t: i for i, t in enumerate(self.tokens)}
-        return _INDEX_CACHE[key]
+    def encode(self, tokens) -> np.ndarray:
+        return np.array([self._index.get(t, UNK) for t in tokens], np.int32)
 
     def save(self, path: Path):
-        Path(path).write_text(json.dumps(self._asdict(), ensure_ascii=False))
+        fields = {"tokens": self.tokens, "labels": self.labels, "scheme": self.scheme}
+        Path(path).write_text(json.dumps(fields, ensure_ascii=False))
 
     @classmethod
     def load(cls, path: Path):
         return cls(**json.loads(Path(path).read_text()))
-
-
-_INDEX_CACHE: dict[int, dict[str, int]] = {}
 
 
 def make_model(config: ml_collections.ConfigDict, vocab: Vocabulary) -> Tagger:
@@ -255,3 +255,23 @@ def tag_text(config, model, params, vocab, text: str):
     tags = decode_all(config, model, params, vocab, [chars])[0]
     spans = sorted(chunks(tags, vocab.scheme))
     return tags, [("".join(chars[s:e]), s, e, kind) for s, e, kind in spans]
+
+
+def restore_run(run_dir: Path):
+    """``(config, vocab, model, params, step)`` of a run directory's latest checkpoint."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir / "config.json")
+    vocab = Vocabulary.load(run_dir / "vocab.json")
+    model = make_model(config, vocab)
+    checkpointer = Checkpointer(run_dir / "checkpoints")
+    if checkpointer.latest_step() is None:
+        raise FileNotFoundError(f"{run_dir} holds no checkpoint")
+
+    def init(key):
+        return model.init(key, jnp.zeros((1, config.data.bucket), jnp.int32), jnp.ones((1,), jnp.int32))["params"]
+
+    # Only init and optimizer matter here: they give the state's structure to restore into.
+    like = Task(init, make_optimizer(config), loss_fn=None, train_batches=None, evaluate=None)
+    state = checkpointer.restore(init_state(like, jax.random.key(0), parallel.data_mesh(1)))
+    checkpointer.close()
+    return config, vocab, model, state.params, int(state.step)
