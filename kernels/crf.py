@@ -383,16 +383,21 @@ def _forward_scan_fwd(emissions, transitions, lengths, start, end):
     emit, active = _scan_inputs(emissions, lengths)
     alpha_init, beta_init = _alpha_init(emissions, start), _beta_init(end, emissions.shape[0])
 
-    def fused(carry, inputs):
-        alpha_carry, beta_carry = carry
-        forward_in, backward_in = inputs  # step t and step T − t
-        alpha_carry, alpha_hat = _alpha_step(rec, False, alpha_carry, forward_in)
-        beta_carry, beta_out = _beta_step(rec, False, beta_carry, backward_in)
-        return (alpha_carry, beta_carry), (alpha_hat, beta_out)
+    num_steps = emissions.shape[1] - 1
 
-    reverse = lambda x: jnp.flip(x, axis=0)  # noqa: E731
-    (alpha_carry, (_, beta_safe)), (alpha_hats, beta_out) = jax.lax.scan(
-        fused, (alpha_init, beta_init), ((emit, active), (reverse(emit), reverse(active)))
+    def fused(carry, i):
+        # Forward step t = i + 1 and backward step t = T − 1 − i. The β outputs are
+        # written straight to their time slot, so nothing needs flipping afterwards.
+        alpha_carry, beta_carry, beta_out = carry
+        j = num_steps - 1 - i
+        alpha_carry, alpha_hat = _alpha_step(rec, False, alpha_carry, (emit[i], active[i]))
+        beta_carry, step_out = _beta_step(rec, False, beta_carry, (emit[j], active[j]))
+        beta_out = jax.tree.map(lambda buf, x: jax.lax.dynamic_update_index_in_dim(buf, x, j, 0), beta_out, step_out)
+        return (alpha_carry, beta_carry, beta_out), alpha_hat
+
+    buffers = (jnp.zeros_like(emit),) * 3  # β̂, v, total per step
+    (alpha_carry, (_, beta_safe), beta_out), alpha_hats = jax.lax.scan(
+        fused, (alpha_init, beta_init, buffers), jnp.arange(num_steps)
     )
     alpha = jax.lax.cond(
         alpha_carry[-1],
@@ -401,7 +406,7 @@ def _forward_scan_fwd(emissions, transitions, lengths, start, end):
     )
     beta = jax.lax.cond(
         beta_safe,
-        lambda: jax.tree.map(reverse, beta_out),
+        lambda: beta_out,
         lambda: _beta_pass(rec, emissions, lengths, end, exact=True)[1],
     )
     log_z, alpha_hats, alpha_last = alpha
