@@ -210,13 +210,27 @@ def get_task(config: ml_collections.ConfigDict, workdir: Path) -> Task:
     return Task(init, make_optimizer(config), loss_fn, train_batches, evaluate)
 
 
-def make_decoder(model: Tagger, allowed):
+@functools.lru_cache(maxsize=8)
+def _decoder(model: Tagger, allowed_key):
+    """One jitted decoder per (model, constraints): repeated evaluations reuse its compilations."""
+    allowed = None
+    if allowed_key is not None:
+        start, end, pairs = (np.frombuffer(b, bool) for b in allowed_key)
+        allowed = crf.TransitionConstraints(start, end, pairs.reshape(len(start), len(start)))
+
     @jax.jit
     def decode(params, tokens, lengths):
         out = model.apply({"params": params}, tokens, lengths)
         return crf.crf_viterbi(out.emissions, out.transitions, lengths, start=out.start, end=out.end, allowed=allowed)[0]
 
     return decode
+
+
+def make_decoder(model: Tagger, allowed):
+    """``decode(params, tokens[B, T], lengths[B]) -> tags[B, T]``, jitted and cached."""
+    # Linen modules hash by their fields; numpy constraints are made hashable as bytes.
+    key = None if allowed is None else tuple(np.asarray(a, bool).tobytes() for a in allowed)
+    return _decoder(model, key)
 
 
 def decode_all(config, model, params, vocab, token_lists) -> list[list[str]]:
