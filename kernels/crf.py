@@ -47,6 +47,7 @@ __all__ = [
     "crf_sequence_score_reference",
     "crf_viterbi_reference",
     "crf_marginals_reference",
+    "crf_brute_force",
 ]
 
 # Score of a forbidden transition. Finite on purpose: -inf turns the gradient of
@@ -56,7 +57,7 @@ FORBIDDEN = -1e30
 METHODS = ("scan", "associative")
 
 # Below this a sum of exp-shifted terms may have lost terms to underflow (float32
-# denormals start at 1.2e-38), so the forward step falls back to exact logsumexp.
+# denormals start at 1.2e-38), so a pass that met one is redone with exact logsumexp.
 _SAFE_SUM = 1e-30
 
 

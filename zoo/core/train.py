@@ -102,14 +102,12 @@ def init_state(task: Task, key: jax.Array, mesh) -> TrainState:
     return jax.device_put(state, parallel.replicated(mesh))
 
 
-def _mean_metrics(pending: list[Metrics]) -> dict[str, float]:
-    """Averages a window of on-device step metrics (one transfer for the whole window)."""
-    host = jax.device_get(pending)
+def _mean_metrics(host: list[dict]) -> dict[str, float]:
     return {name: float(np.mean([m[name] for m in host])) for name in host[0]}
 
 
-def _first_non_finite(pending: list[Metrics], first_step: int) -> tuple[int, float] | None:
-    losses = np.asarray(jax.device_get([m["loss"] for m in pending]))
+def _first_non_finite(host: list[dict], first_step: int) -> tuple[int, float] | None:
+    losses = np.asarray([m["loss"] for m in host])
     bad = np.flatnonzero(~np.isfinite(losses))
     return (first_step + int(bad[0]), float(losses[bad[0]])) if bad.size else None
 
@@ -160,8 +158,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, t
         is_last = done == num_steps
         should_ckpt = done % train_cfg.ckpt_every == 0 or is_last
         if done % train_cfg.log_every == 0 or should_ckpt:
+            host = jax.device_get(pending)  # one transfer for the whole window
             # Check before any checkpoint so a poisoned state is never written.
-            bad = _first_non_finite(pending, window_start)
+            bad = _first_non_finite(host, window_start)
             if bad is not None:
                 progress.close()
                 last = checkpointer.latest_step()
@@ -170,7 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, t
                     f"training loss became {bad[1]} at step {bad[0]}; stopping. The last good "
                     f"checkpoint is step {last} in {workdir / 'checkpoints'} (rerunning resumes from it)."
                 )
-            means = _mean_metrics(pending)
+            means = _mean_metrics(host)
             means["steps_per_sec"] = len(pending) / (time.perf_counter() - window_time)
             writer.write(done, "train", means)
             progress.set_postfix(loss=f"{means['loss']:.4f}")
