@@ -1,0 +1,424 @@
+"""Capsule routing: squash, vote computation, dynamic routing (two forms) and EM routing.
+
+Shapes (B batch, I input/child capsules, J output/parent capsules, D or P pose size):
+
+* ``capsule_votes(u[B, I, Din], weights)``  -> ``u_hat[B, I, J, Dout]`` with one einsum;
+  ``weights`` is ``[Din, J, Dout]`` (shared over input capsules, post 4819's "shared"
+  form) or ``[I, Din, J, Dout]`` (a matrix per (i, j) pair, Sabour et al.).
+* ``dynamic_routing(u_hat[B, I, J, D])`` -> ``v[B, J, D]`` (and the coupling
+  coefficients ``c[B, I, J]``, which sum to 1 over ``J``).
+* ``em_routing(votes[B, I, J, P], activations_in[B, I], beta_u, beta_a)`` ->
+  ``(pose_mean[B, J, P], activations_out[B, J])``.
+* ``conv_capsule_votes(poses[B, H, W, C, 4, 4], weights[K, K, C, D, 4, 4], stride)`` ->
+  votes ``[B, H', W', K*K*C, D, 16]``: convolutional matrix capsules from patches.
+
+Every function checks its arguments eagerly and raises a ValueError naming the argument,
+the expected shape and the received one. Each has a ``*_reference`` twin written as plain
+loops for obviousness; the tests compare the two on fresh random inputs (values and
+gradients).
+
+Numerics. ``squash`` adds ``eps`` inside the square root, so its value and gradient are
+finite at s = 0 (the NaN most ports hit). EM routing runs in log space: responsibilities
+are a log-softmax over parents of ``log a_j + log N(V | mu_j, sigma_j^2)``, ``log a_j`` is
+``log_sigmoid`` (never log of a sigmoid that rounded to 0), variances have a floor
+``min_var`` and the M-step divides by ``max(sum r, tiny)`` so parents that receive no
+data give finite (zero) means instead of 0/0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+VARIANTS = ("sabour", "su")
+_SQUASH_C = {"sabour": 1.0, "su": 0.5}  # Hinton's constant; the author's 0.5 (post 4819)
+_L2_EPS = 1e-12  # Keras' l2_normalize floor, as in bojone/Capsule
+_TINY = 1e-12  # M-step denominator floor: parents that got no data keep finite statistics
+
+
+# --------------------------------------------------------------------------- #
+# Argument checks
+# --------------------------------------------------------------------------- #
+
+
+def _shape_error(fn, name, expected, got):
+    return ValueError(f"{fn}: `{name}` must have shape {expected}; got shape {tuple(got)}")
+
+
+def _check_float(fn, name, x):
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        raise ValueError(f"{fn}: `{name}` must be floating point; got dtype {jnp.result_type(x)}")
+
+
+def _check_iters(fn, num_iters):
+    if not isinstance(num_iters, int) or num_iters < 1:
+        raise ValueError(f"{fn}: `num_iters` must be an int >= 1; got {num_iters!r}")
+
+
+def _check_votes(fn, u_hat, name="u_hat"):
+    shape = jnp.shape(u_hat)
+    if len(shape) != 4 or 0 in shape:
+        raise _shape_error(fn, name, "[B, I, J, D] (rank 4, no empty axis)", shape)
+    _check_float(fn, name, u_hat)
+    return shape
+
+
+def _check_variant(fn, variant):
+    if variant not in VARIANTS:
+        raise ValueError(f"{fn}: `variant` must be one of {VARIANTS}; got {variant!r}")
+
+
+# --------------------------------------------------------------------------- #
+# squash and votes
+# --------------------------------------------------------------------------- #
+
+
+def squash(s, *, axis=-1, c=1.0, eps=1e-7):
+    """``‖s‖² / (c + ‖s‖²) · s / ‖s‖`` along ``axis``, finite (value and gradient) at s = 0.
+
+    ``c=1`` is Sabour et al.'s squash; ``c=0.5`` is the author's (post 4819), which
+    amplifies short vectors. As in bojone/Capsule, ``eps`` is added to ‖s‖² before the
+    square root: the scale is ``sqrt(‖s‖² + eps) / (c + ‖s‖² + eps)``. Output norms lie in
+    [0, 1) (they round to 1 in float32 only beyond ‖s‖² ≈ 1e7·c).
+    """
+    _check_float("squash", "s", s)
+    if not c > 0:
+        raise ValueError(f"squash: `c` must be > 0; got {c!r}")
+    if not eps > 0:
+        raise ValueError(f"squash: `eps` must be > 0 (it keeps the gradient finite at 0); got {eps!r}")
+    squared = jnp.sum(jnp.square(s), axis=axis, keepdims=True) + eps
+    return s * (jnp.sqrt(squared) / (c + squared))
+
+
+def squash_reference(s, *, axis=-1, c=1.0, eps=1e-7):
+    """The formula as written: norm, then length factor times the unit vector."""
+    norm = jnp.sqrt(jnp.sum(s * s, axis=axis, keepdims=True) + eps)
+    return (norm**2 / (c + norm**2)) * (s / norm)
+
+
+def capsule_votes(u, weights):
+    """Prediction vectors ``u_hat[b, i, j] = W_(i)j u[b, i]`` in one einsum.
+
+    Args:
+      u: ``[B, I, Din]`` input capsules.
+      weights: ``[Din, J, Dout]`` (shared over input capsules) or ``[I, Din, J, Dout]``.
+    Returns:
+      ``[B, I, J, Dout]``.
+    """
+    fn = "capsule_votes"
+    u_shape, w_shape = jnp.shape(u), jnp.shape(weights)
+    if len(u_shape) != 3:
+        raise _shape_error(fn, "u", "[B, I, Din] (rank 3)", u_shape)
+    _, i, din = u_shape
+    if len(w_shape) == 3 and w_shape[0] == din:
+        return jnp.einsum("bid,dje->bije", u, weights)
+    if len(w_shape) == 4 and w_shape[:2] == (i, din):
+        return jnp.einsum("bid,idje->bije", u, weights)
+    raise _shape_error(fn, "weights", f"[Din, J, Dout] = [{din}, J, Dout] or [I, Din, J, Dout] = [{i}, {din}, J, Dout]", w_shape)
+
+
+def capsule_votes_reference(u, weights):
+    """One matrix-vector product per (sample, input capsule)."""
+    shared = weights.ndim == 3
+    out = []
+    for b in range(u.shape[0]):
+        row = []
+        for i in range(u.shape[1]):
+            w = weights if shared else weights[i]  # [Din, J, Dout]
+            row.append(jnp.tensordot(u[b, i], w, axes=1))  # [J, Dout]
+        out.append(jnp.stack(row))
+    return jnp.stack(out)
+
+
+# --------------------------------------------------------------------------- #
+# Dynamic routing
+# --------------------------------------------------------------------------- #
+
+
+def dynamic_routing(u_hat, *, num_iters=3, variant="sabour", squash_c=None, return_coupling=False):
+    """Routing-by-agreement from votes ``u_hat[B, I, J, D]`` to outputs ``v[B, J, D]``.
+
+    ``variant="sabour"`` (Sabour, Frosst, Hinton 2017): logits start at 0; every
+    iteration takes ``c = softmax_J(b)``, ``v = squash(Σ_i c u_hat)`` and, except the last,
+    *adds* the agreement ``⟨u_hat, v⟩`` to ``b``.
+
+    ``variant="su"`` (posts 4819/5112, bojone/Capsule): soft K-means with a cosine-like
+    distance. Every iteration but the last L2-normalises ``Σ_i c u_hat`` and *assigns*
+    ``b = ⟨u_hat, v/‖v‖⟩``; squash is applied once, to the last weighted sum.
+
+    Args:
+      u_hat: ``[B, I, J, D]`` votes (see :func:`capsule_votes`).
+      num_iters: routing iterations r (static); both variants do r weighted sums.
+      variant: ``"sabour"`` or ``"su"``.
+      squash_c: the squash constant; default 1.0 for "sabour", 0.5 for "su".
+      return_coupling: also return the coupling coefficients of the last iteration.
+    Returns:
+      ``v[B, J, D]``, or ``(v, c[B, I, J])`` with ``return_coupling``.
+    """
+    fn = "dynamic_routing"
+    _check_votes(fn, u_hat)
+    _check_iters(fn, num_iters)
+    _check_variant(fn, variant)
+    c_squash = _SQUASH_C[variant] if squash_c is None else squash_c
+    v, coupling = _dynamic_routing(u_hat, num_iters, variant, c_squash)
+    return (v, coupling) if return_coupling else v
+
+
+def _dynamic_routing(u_hat, num_iters, variant, c_squash):
+    # The votes are the only big tensor ([B, I, J, D]); each iteration reads it twice, in
+    # one reduction over I (the weighted sum) and one over D (the agreement). Both are
+    # written as broadcast-multiply-and-sum so XLA fuses them into single passes instead
+    # of transposing u_hat into a dot_general layout every iteration.
+    logits = jnp.zeros(u_hat.shape[:3], u_hat.dtype)
+    for it in range(num_iters):
+        coupling = jax.nn.softmax(logits, axis=2)  # over output capsules J
+        s = jnp.sum(coupling[..., None] * u_hat, axis=1)  # [B, J, D]
+        last = it == num_iters - 1
+        if variant == "sabour":
+            v = squash(s, c=c_squash)
+            if not last:
+                logits = logits + jnp.sum(u_hat * v[:, None], axis=-1)
+        else:
+            if last:
+                v = squash(s, c=c_squash)
+            else:
+                direction = s / jnp.sqrt(jnp.maximum(jnp.sum(s * s, -1, keepdims=True), _L2_EPS))
+                logits = jnp.sum(u_hat * direction[:, None], axis=-1)
+    return v, coupling
+
+
+def dynamic_routing_reference(u_hat, *, num_iters=3, variant="sabour", squash_c=None, return_coupling=False):
+    """The same algorithm, one sample and one output capsule at a time."""
+    c_squash = _SQUASH_C[variant] if squash_c is None else squash_c
+    batch, n_in, n_out, _ = u_hat.shape
+    vs, cs = [], []
+    for b in range(batch):
+        votes = u_hat[b]  # [I, J, D]
+        logits = [[jnp.zeros((), u_hat.dtype) for _ in range(n_out)] for _ in range(n_in)]
+        for it in range(num_iters):
+            coupling = []
+            for i in range(n_in):
+                exps = [jnp.exp(logits[i][j]) for j in range(n_out)]
+                total = sum(exps)
+                coupling.append([e / total for e in exps])
+            outputs = []
+            for j in range(n_out):
+                s_j = sum(coupling[i][j] * votes[i, j] for i in range(n_in))
+                last = it == num_iters - 1
+                if variant == "sabour" or last:
+                    out = squash_reference(s_j, c=c_squash)
+                else:
+                    out = s_j / jnp.sqrt(jnp.maximum(jnp.dot(s_j, s_j), _L2_EPS))
+                outputs.append(out)
+                if not last:
+                    for i in range(n_in):
+                        agreement = jnp.dot(votes[i, j], out)
+                        logits[i][j] = logits[i][j] + agreement if variant == "sabour" else agreement
+        vs.append(jnp.stack(outputs))
+        cs.append(jnp.array([[coupling[i][j] for j in range(n_out)] for i in range(n_in)]))
+    v, c = jnp.stack(vs), jnp.stack(cs)
+    return (v, c) if return_coupling else v
+
+
+# --------------------------------------------------------------------------- #
+# EM routing (matrix capsules)
+# --------------------------------------------------------------------------- #
+
+
+def _check_em(fn, votes, activations_in, beta_u, beta_a, num_iters, inverse_temperature, min_var):
+    b, i, j, _ = _check_votes(fn, votes, "votes")
+    if jnp.shape(activations_in) != (b, i):
+        raise _shape_error(fn, "activations_in", f"[B, I] = {(b, i)}", jnp.shape(activations_in))
+    _check_float(fn, "activations_in", activations_in)
+    for name, beta in (("beta_u", beta_u), ("beta_a", beta_a)):
+        if jnp.shape(beta) not in ((), (j,)):
+            raise _shape_error(fn, name, f"[] or [J] = {(j,)}", jnp.shape(beta))
+    _check_iters(fn, num_iters)
+    if not inverse_temperature > 0:
+        raise ValueError(f"{fn}: `inverse_temperature` must be > 0; got {inverse_temperature!r}")
+    if not min_var > 0:
+        raise ValueError(f"{fn}: `min_var` must be > 0 (it floors the variances); got {min_var!r}")
+
+
+def em_routing(
+    votes,
+    activations_in,
+    beta_u,
+    beta_a,
+    *,
+    num_iters=3,
+    inverse_temperature=1.0,
+    min_var=1e-4,
+    normalize_amount=True,
+    return_responsibilities=False,
+):
+    """EM routing (Hinton, Sabour, Frosst 2018), in log space.
+
+    Each parent j is a diagonal Gaussian over the P pose entries. M-step, with
+    ``r_ij = a_i R_ij`` (R = responsibilities, a = child activations):
+    ``mu_j = Σ_i r_ij V_ij / Σ_i r_ij``, ``σ²_j = Σ_i r_ij (V_ij − mu_j)² / Σ_i r_ij + min_var``,
+    ``cost_j = Σ_h (β_u + ln σ_jh) · n_j`` and ``a_j = sigmoid(λ (β_a − cost_j))``, where
+    ``n_j = Σ_i r_ij`` is the amount of data the parent received (scaled by J/I when
+    ``normalize_amount``, Gritzman 2019, so the cost does not grow with the number of
+    children). E-step: ``R_i· = softmax_j(log a_j + log N(V_ij | mu_j, σ²_j))``.
+
+    Args:
+      votes: ``[B, I, J, P]``.
+      activations_in: ``[B, I]`` child activations in [0, 1].
+      beta_u, beta_a: ``[]`` or ``[J]`` learned biases.
+      num_iters: EM iterations (static); the last one ends after its M-step.
+      inverse_temperature: λ (fixed; the author, post 5155, finds annealing unnecessary).
+      min_var: variance floor; keeps ln σ finite for collapsed clusters.
+      normalize_amount: scale ``n_j`` by J/I (see above).
+      return_responsibilities: also return R of the last E-step (uniform 1/J if
+        ``num_iters == 1``).
+    Returns:
+      ``(pose_mean[B, J, P], activations_out[B, J])`` (and ``R[B, I, J]``).
+    """
+    fn = "em_routing"
+    _check_em(fn, votes, activations_in, beta_u, beta_a, num_iters, inverse_temperature, min_var)
+    out = _em_routing(votes, activations_in, beta_u, beta_a, num_iters, inverse_temperature, min_var, normalize_amount)
+    return out if return_responsibilities else out[:2]
+
+
+def _em_routing(votes, a_in, beta_u, beta_a, num_iters, lam, min_var, normalize_amount):
+    _, n_in, n_out, p = votes.shape
+    beta_u, beta_a = jnp.asarray(beta_u), jnp.asarray(beta_a)
+    amount_scale = n_out / n_in if normalize_amount else 1.0
+    resp = jnp.full(votes.shape[:3], 1.0 / n_out, votes.dtype)  # [B, I, J]
+    for it in range(num_iters):
+        # ---- M-step
+        weight = resp * a_in[..., None]  # [B, I, J]
+        amount = jnp.sum(weight, axis=1)  # [B, J]
+        coeff = weight / jnp.maximum(amount, _TINY)[:, None]  # [B, I, J], sums to 1 over I
+        mean = jnp.einsum("bij,bijp->bjp", coeff, votes)
+        centred = votes - mean[:, None]
+        var = jnp.einsum("bij,bijp->bjp", coeff, jnp.square(centred)) + min_var
+        log_var = jnp.log(var)
+        cost = (p * beta_u + 0.5 * jnp.sum(log_var, axis=-1)) * (amount * amount_scale)  # [B, J]
+        logit = lam * (beta_a - cost)  # [B, J]
+        if it == num_iters - 1:
+            break
+        # ---- E-step, in log space
+        log_p = -0.5 * jnp.sum(
+            jnp.square(centred) / var[:, None] + log_var[:, None] + math.log(2 * math.pi), axis=-1
+        )  # [B, I, J]
+        resp = jax.nn.softmax(jax.nn.log_sigmoid(logit)[:, None, :] + log_p, axis=2)
+    return mean, jax.nn.sigmoid(logit), resp
+
+
+def em_routing_reference(
+    votes, activations_in, beta_u, beta_a, *, num_iters=3, inverse_temperature=1.0, min_var=1e-4,
+    normalize_amount=True, return_responsibilities=False,
+):
+    """The same EM, one sample and one parent at a time, densities as plain products.
+
+    Written in probability space (``p = Π_h N(v_h | mu_h, σ²_h)``, ``R = a p / Σ a p``) for
+    obviousness, so it is only meant for moderate inputs where those products neither
+    overflow nor underflow.
+    """
+    batch, n_in, n_out, p = votes.shape
+    beta_u = jnp.broadcast_to(beta_u, (n_out,))
+    beta_a = jnp.broadcast_to(beta_a, (n_out,))
+    amount_scale = n_out / n_in if normalize_amount else 1.0
+    means, acts, resps = [], [], []
+    for b in range(batch):
+        v, a = votes[b], activations_in[b]
+        resp = [[1.0 / n_out for _ in range(n_out)] for _ in range(n_in)]
+        for it in range(num_iters):
+            mu, var, act = [], [], []
+            for j in range(n_out):
+                w = [resp[i][j] * a[i] for i in range(n_in)]
+                total = sum(w)
+                denom = jnp.maximum(total, _TINY)
+                m = sum(w[i] * v[i, j] for i in range(n_in)) / denom
+                s2 = sum(w[i] * (v[i, j] - m) ** 2 for i in range(n_in)) / denom + min_var
+                cost = jnp.sum(beta_u[j] + jnp.log(jnp.sqrt(s2))) * total * amount_scale
+                mu.append(m)
+                var.append(s2)
+                act.append(1.0 / (1.0 + jnp.exp(-inverse_temperature * (beta_a[j] - cost))))
+            if it == num_iters - 1:
+                break
+            for i in range(n_in):
+                dens = [
+                    act[j] * jnp.prod(jnp.exp(-((v[i, j] - mu[j]) ** 2) / (2 * var[j])) / jnp.sqrt(2 * math.pi * var[j]))
+                    for j in range(n_out)
+                ]
+                total = sum(dens)
+                resp[i] = [d / total for d in dens]
+        means.append(jnp.stack(mu))
+        acts.append(jnp.stack(act))
+        resps.append(jnp.array(resp))
+    out = (jnp.stack(means), jnp.stack(acts))
+    return (*out, jnp.stack(resps)) if return_responsibilities else out
+
+
+# --------------------------------------------------------------------------- #
+# Convolutional matrix capsules
+# --------------------------------------------------------------------------- #
+
+
+def extract_patches(x, kernel_size, stride):
+    """``x[B, H, W, ...]`` -> ``[B, H', W', K*K, ...]`` (valid padding), by K² strided slices.
+
+    ``H' = (H - K) // stride + 1``. Patch entry ``dy * K + dx`` is the input at
+    ``(y * stride + dy, x * stride + dx)``.
+    """
+    h, w = x.shape[1], x.shape[2]
+    if h < kernel_size or w < kernel_size:
+        raise ValueError(
+            f"extract_patches: spatial size {(h, w)} of `x` is smaller than kernel_size {kernel_size}"
+        )
+    ho, wo = (h - kernel_size) // stride + 1, (w - kernel_size) // stride + 1
+    slices = [
+        x[:, dy : dy + stride * (ho - 1) + 1 : stride, dx : dx + stride * (wo - 1) + 1 : stride]
+        for dy in range(kernel_size)
+        for dx in range(kernel_size)
+    ]
+    return jnp.stack(slices, axis=3)
+
+
+def conv_capsule_votes(poses, weights, *, stride=1):
+    """Votes of a convolutional capsule layer: each child pose matrix times a learned
+    4×4 transform per (kernel offset, child type, parent type).
+
+    Args:
+      poses: ``[B, H, W, C, 4, 4]`` child pose matrices.
+      weights: ``[K, K, C, D, 4, 4]``.
+      stride: spatial stride.
+    Returns:
+      votes ``[B, H', W', K*K*C, D, 16]`` (children of a patch flattened as (offset, type)).
+    """
+    fn = "conv_capsule_votes"
+    p_shape, w_shape = jnp.shape(poses), jnp.shape(weights)
+    if len(p_shape) != 6 or p_shape[-2:] != (4, 4):
+        raise _shape_error(fn, "poses", "[B, H, W, C, 4, 4]", p_shape)
+    c = p_shape[3]
+    if len(w_shape) != 6 or w_shape[0] != w_shape[1] or w_shape[2] != c or w_shape[-2:] != (4, 4):
+        raise _shape_error(fn, "weights", f"[K, K, C, D, 4, 4] with C = {c}", w_shape)
+    k, d = w_shape[0], w_shape[3]
+    patches = extract_patches(poses, k, stride)  # [B, H', W', K*K, C, 4, 4]
+    w = weights.reshape(k * k, c, d, 4, 4)
+    votes = jnp.einsum("bhwkcxy,kcdyz->bhwkcdxz", patches, w)
+    b, ho, wo = votes.shape[:3]
+    return votes.reshape(b, ho, wo, k * k * c, d, 16)
+
+
+def conv_capsule_votes_reference(poses, weights, *, stride=1):
+    """Explicit loops over output positions, kernel offsets, child and parent types."""
+    k, _, c, d = weights.shape[:4]
+    b, h, w = poses.shape[:3]
+    ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
+    out = jnp.zeros((b, ho, wo, k * k * c, d, 16), poses.dtype)
+    for y in range(ho):
+        for x in range(wo):
+            for dy in range(k):
+                for dx in range(k):
+                    for ci in range(c):
+                        child = poses[:, y * stride + dy, x * stride + dx, ci]  # [B, 4, 4]
+                        for di in range(d):
+                            vote = child @ weights[dy, dx, ci, di]
+                            out = out.at[:, y, x, (dy * k + dx) * c + ci, di].set(vote.reshape(b, 16))
+    return out

@@ -1,0 +1,287 @@
+"""kernels/routing.py against its loop references, plus the invariants routing must keep."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels import routing
+from tests.helpers import count_compilations
+
+RTOL, ATOL = 2e-5, 2e-6
+
+
+def random_votes(rng, b=None, i=None, j=None, d=None, scale=1.0):
+    """Fresh votes of random small shape [B, I, J, D]."""
+    shape = (
+        b or int(rng.integers(1, 4)),
+        i or int(rng.integers(1, 7)),
+        j or int(rng.integers(2, 5)),
+        d or int(rng.integers(2, 6)),
+    )
+    return (scale * rng.normal(size=shape)).astype(np.float32)
+
+
+def assert_close(a, b, rtol=RTOL, atol=ATOL):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
+
+
+def assert_tree_close(a, b, rtol=RTOL, atol=ATOL):
+    jax.tree.map(functools.partial(assert_close, rtol=rtol, atol=atol), a, b)
+
+
+# --------------------------------------------------------------------------- #
+# squash
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("c", [1.0, 0.5])
+def test_squash_matches_formula_and_norms_in_unit_interval(rng, c):
+    s = (3 * rng.normal(size=(5, 7, 8))).astype(np.float32)
+    s[0, 0] = 0.0
+    v = routing.squash(s, c=c)
+    assert_close(v, routing.squash_reference(s, c=c))
+    norms = np.linalg.norm(np.asarray(v), axis=-1)
+    assert norms.min() >= 0 and norms.max() < 1
+    # Direction is kept; the length is ‖s‖²/(c+‖s‖²) up to eps.
+    n = np.linalg.norm(s, axis=-1)
+    assert_close(norms, n**2 / (c + n**2), atol=1e-3)
+
+
+def test_squash_gradient_finite_at_zero():
+    for c in (1.0, 0.5):
+        jac = jax.jacfwd(lambda x: routing.squash(x, c=c))(jnp.zeros(4))
+        assert np.all(np.isfinite(jac))
+        grad = jax.grad(lambda x: jnp.sum(routing.squash(x, c=c)))(jnp.zeros((3, 4)))
+        assert np.all(np.isfinite(grad))
+        # At 0 the map is (sqrt(eps)/(c+eps))·I: the Jacobian is that diagonal.
+        assert_close(jac, np.eye(4) * np.sqrt(1e-7) / (c + 1e-7), atol=1e-9)
+
+
+def test_squash_gradient_matches_finite_differences(rng):
+    s = rng.normal(size=(6,)).astype(np.float64)
+    f = lambda x: jnp.sum(jnp.sin(routing.squash(x, c=0.5)))  # noqa: E731
+    with jax.enable_x64(True):
+        grad = np.asarray(jax.grad(f)(jnp.asarray(s)))
+        h = 1e-6
+        fd = np.array([(f(s + h * e) - f(s - h * e)) / (2 * h) for e in np.eye(6)])
+    np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)
+
+
+# --------------------------------------------------------------------------- #
+# votes
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_capsule_votes_matches_reference(rng, shared):
+    b, i, din, j, dout = 2, 5, 3, 4, 6
+    u = rng.normal(size=(b, i, din)).astype(np.float32)
+    w = rng.normal(size=(din, j, dout) if shared else (i, din, j, dout)).astype(np.float32)
+    assert_close(routing.capsule_votes(u, w), routing.capsule_votes_reference(u, w))
+
+
+def test_capsule_votes_rejects_bad_weights(rng):
+    u = np.zeros((2, 5, 3), np.float32)
+    with pytest.raises(ValueError, match=r"capsule_votes: `weights` must have shape .*got shape \(4, 3, 2\)"):
+        routing.capsule_votes(u, np.zeros((4, 3, 2), np.float32))
+    with pytest.raises(ValueError, match=r"`u` must have shape \[B, I, Din\]"):
+        routing.capsule_votes(np.zeros((5, 3), np.float32), np.zeros((3, 2, 2), np.float32))
+
+
+# --------------------------------------------------------------------------- #
+# dynamic routing
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("variant", routing.VARIANTS)
+@pytest.mark.parametrize("num_iters", [1, 2, 3])
+def test_dynamic_routing_matches_reference(rng, variant, num_iters):
+    for _ in range(3):  # several fresh random shapes
+        u_hat = random_votes(rng)
+        fast = routing.dynamic_routing(u_hat, num_iters=num_iters, variant=variant, return_coupling=True)
+        ref = routing.dynamic_routing_reference(u_hat, num_iters=num_iters, variant=variant, return_coupling=True)
+        assert_tree_close(fast, ref)
+
+
+@pytest.mark.parametrize("variant", routing.VARIANTS)
+def test_dynamic_routing_gradients_match_reference(rng, variant):
+    u_hat = random_votes(rng, b=2, i=4, j=3, d=4)
+    probe = rng.normal(size=(2, 3, 4)).astype(np.float32)
+
+    def loss(fn, x):
+        return jnp.sum(fn(x, num_iters=3, variant=variant) * probe)
+
+    g_fast = jax.grad(functools.partial(loss, routing.dynamic_routing))(u_hat)
+    g_ref = jax.grad(functools.partial(loss, routing.dynamic_routing_reference))(u_hat)
+    assert_close(g_fast, g_ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", routing.VARIANTS)
+def test_coupling_sums_to_one_and_outputs_inside_unit_ball(rng, variant):
+    u_hat = random_votes(rng, b=3, i=9, j=5, d=8, scale=4.0)
+    v, c = routing.dynamic_routing(u_hat, variant=variant, return_coupling=True)
+    assert c.shape == (3, 9, 5) and v.shape == (3, 5, 8)
+    assert_close(np.sum(c, axis=-1), np.ones((3, 9)))
+    norms = np.linalg.norm(np.asarray(v), axis=-1)
+    assert norms.min() >= 0 and norms.max() < 1
+
+
+@pytest.mark.parametrize("variant", routing.VARIANTS)
+@pytest.mark.parametrize("case", ["zero", "identical"])
+def test_dynamic_routing_degenerate_votes_have_finite_gradients(rng, variant, case):
+    if case == "zero":
+        u_hat = np.zeros((2, 6, 4, 8), np.float32)
+    else:
+        u_hat = np.broadcast_to(rng.normal(size=(1, 1, 1, 8)), (2, 6, 4, 8)).astype(np.float32)
+    v, c = routing.dynamic_routing(u_hat, variant=variant, return_coupling=True)
+    assert np.all(np.isfinite(v)) and np.all(np.isfinite(c))
+    grad = jax.grad(lambda x: jnp.sum(jnp.linalg.norm(routing.dynamic_routing(x, variant=variant) + 1e-3, axis=-1)))(u_hat)
+    assert np.all(np.isfinite(grad))
+
+
+def test_su_variant_assigns_logits_sabour_accumulates(rng):
+    """With 1 iteration both are squash(mean vote); they differ from the 3rd iteration on."""
+    u_hat = random_votes(rng, b=2, i=6, j=3, d=4)
+    one = {v: routing.dynamic_routing(u_hat, num_iters=1, variant=v, squash_c=1.0) for v in routing.VARIANTS}
+    assert_close(one["sabour"], one["su"])
+    assert_close(one["su"], routing.squash(u_hat.sum(axis=1) / 3, c=1.0))  # uniform coupling 1/J
+    three = {v: routing.dynamic_routing(u_hat, num_iters=3, variant=v, squash_c=1.0) for v in routing.VARIANTS}
+    assert np.max(np.abs(np.asarray(three["sabour"]) - np.asarray(three["su"]))) > 1e-3
+
+
+def test_dynamic_routing_jit_vmap_invariance_and_no_recompile(rng):
+    u_hat = random_votes(rng, b=4, i=6, j=3, d=5)
+    eager = routing.dynamic_routing(u_hat, variant="su")
+    jitted = jax.jit(functools.partial(routing.dynamic_routing, variant="su"))
+    assert_close(jitted(u_hat), eager)
+    per_sample = jax.vmap(lambda x: routing.dynamic_routing(x[None], variant="su")[0])(u_hat)
+    assert_close(per_sample, eager)
+    jitted(u_hat + 1.0)  # warm
+    with count_compilations() as compiled:
+        jitted(u_hat * 2.0)
+    assert compiled == []
+
+
+def test_dynamic_routing_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"dynamic_routing: `u_hat` must have shape \[B, I, J, D\].*got shape \(3, 4, 5\)"):
+        routing.dynamic_routing(np.zeros((3, 4, 5), np.float32))
+    with pytest.raises(ValueError, match=r"`variant` must be one of \('sabour', 'su'\); got 'hinton'"):
+        routing.dynamic_routing(np.zeros((1, 2, 3, 4), np.float32), variant="hinton")
+    with pytest.raises(ValueError, match=r"`num_iters` must be an int >= 1; got 0"):
+        routing.dynamic_routing(np.zeros((1, 2, 3, 4), np.float32), num_iters=0)
+    with pytest.raises(ValueError, match=r"`u_hat` must be floating point; got dtype int32"):
+        routing.dynamic_routing(np.zeros((1, 2, 3, 4), np.int32))
+
+
+# --------------------------------------------------------------------------- #
+# EM routing
+# --------------------------------------------------------------------------- #
+
+
+def em_problem(rng, b=2, i=5, j=3, p=4, per_parent_beta=True):
+    votes = rng.normal(size=(b, i, j, p)).astype(np.float32)
+    a_in = rng.uniform(0.05, 1.0, size=(b, i)).astype(np.float32)
+    shape = (j,) if per_parent_beta else ()
+    beta_u = rng.normal(size=shape).astype(np.float32)
+    beta_a = rng.normal(size=shape).astype(np.float32)
+    return votes, a_in, beta_u, beta_a
+
+
+@pytest.mark.parametrize("num_iters", [1, 2, 3])
+@pytest.mark.parametrize("per_parent_beta", [True, False])
+def test_em_routing_matches_reference(rng, num_iters, per_parent_beta):
+    for _ in range(2):
+        args = em_problem(rng, i=int(rng.integers(1, 6)), j=int(rng.integers(2, 5)), per_parent_beta=per_parent_beta)
+        kw = dict(num_iters=num_iters, inverse_temperature=0.5, return_responsibilities=True)
+        assert_tree_close(routing.em_routing(*args, **kw), routing.em_routing_reference(*args, **kw), rtol=1e-4, atol=1e-5)
+
+
+def test_em_routing_gradients_match_reference(rng):
+    votes, a_in, beta_u, beta_a = em_problem(rng)
+    probe_m = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    probe_a = rng.normal(size=(2, 3)).astype(np.float32)
+
+    def loss(fn, *args):
+        mean, act = fn(*args, num_iters=3, inverse_temperature=0.5)
+        return jnp.sum(mean * probe_m) + jnp.sum(act * probe_a)
+
+    g_fast = jax.grad(functools.partial(loss, routing.em_routing), argnums=(0, 1, 2, 3))(votes, a_in, beta_u, beta_a)
+    g_ref = jax.grad(functools.partial(loss, routing.em_routing_reference), argnums=(0, 1, 2, 3))(
+        votes, a_in, beta_u, beta_a
+    )
+    assert_tree_close(g_fast, g_ref, rtol=2e-3, atol=2e-4)
+
+
+def test_em_responsibilities_sum_to_one_and_activations_in_unit_interval(rng):
+    votes, a_in, beta_u, beta_a = em_problem(rng, b=3, i=12, j=6, p=16)
+    mean, act, resp = routing.em_routing(votes, a_in, beta_u, beta_a, inverse_temperature=0.1, return_responsibilities=True)
+    assert mean.shape == (3, 6, 16) and act.shape == (3, 6) and resp.shape == (3, 12, 6)
+    assert_close(np.sum(resp, axis=-1), np.ones((3, 12)))
+    assert np.all((np.asarray(act) > 0) & (np.asarray(act) < 1))
+
+
+@pytest.mark.parametrize("case", ["identical_votes", "single_child", "zero_activations", "huge_votes"])
+def test_em_routing_degenerate_inputs_stay_finite(rng, case):
+    votes, a_in, beta_u, beta_a = em_problem(rng, b=2, i=6, j=4, p=16)
+    if case == "identical_votes":
+        votes = np.broadcast_to(votes[:, :1, :1], votes.shape).copy()
+    elif case == "single_child":
+        votes, a_in = votes[:, :1], a_in[:, :1]
+    elif case == "zero_activations":
+        a_in = np.zeros_like(a_in)
+    else:
+        votes = votes * 1e4
+
+    def loss(v, a):
+        mean, act, resp = routing.em_routing(v, a, beta_u, beta_a, inverse_temperature=0.1, return_responsibilities=True)
+        return jnp.sum(mean) + jnp.sum(act), (mean, act, resp)
+
+    (_, (mean, act, resp)), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(votes, a_in)
+    for x in (mean, act, resp, *grads):
+        assert np.all(np.isfinite(np.asarray(x))), case
+    assert np.all((np.asarray(act) >= 0) & (np.asarray(act) <= 1))
+    assert_close(np.sum(resp, axis=-1), np.ones(resp.shape[:2]))
+
+
+def test_em_routing_jit_vmap_invariance(rng):
+    votes, a_in, beta_u, beta_a = em_problem(rng, b=3)
+    eager = routing.em_routing(votes, a_in, beta_u, beta_a)
+    jitted = jax.jit(routing.em_routing)(votes, a_in, beta_u, beta_a)
+    per_sample = jax.vmap(lambda v, a: jax.tree.map(lambda x: x[0], routing.em_routing(v[None], a[None], beta_u, beta_a)))(
+        votes, a_in
+    )
+    assert_tree_close(jitted, eager)
+    assert_tree_close(per_sample, eager)
+
+
+def test_em_routing_rejects_bad_input(rng):
+    votes, a_in, beta_u, beta_a = em_problem(rng)
+    with pytest.raises(ValueError, match=r"em_routing: `activations_in` must have shape \[B, I\] = \(2, 5\); got shape \(2, 4\)"):
+        routing.em_routing(votes, a_in[:, :4], beta_u, beta_a)
+    with pytest.raises(ValueError, match=r"`beta_a` must have shape \[\] or \[J\] = \(3,\); got shape \(4,\)"):
+        routing.em_routing(votes, a_in, beta_u, np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match=r"`min_var` must be > 0"):
+        routing.em_routing(votes, a_in, beta_u, beta_a, min_var=0.0)
+
+
+# --------------------------------------------------------------------------- #
+# convolutional capsules
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_capsule_votes_matches_reference(rng, stride):
+    poses = rng.normal(size=(2, 5, 6, 3, 4, 4)).astype(np.float32)
+    weights = rng.normal(size=(3, 3, 3, 2, 4, 4)).astype(np.float32)
+    fast = routing.conv_capsule_votes(poses, weights, stride=stride)
+    ref = routing.conv_capsule_votes_reference(poses, weights, stride=stride)
+    assert fast.shape == ref.shape == (2, (5 - 3) // stride + 1, (6 - 3) // stride + 1, 27, 2, 16)
+    assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_capsule_votes_rejects_bad_weights():
+    with pytest.raises(ValueError, match=r"`weights` must have shape \[K, K, C, D, 4, 4\] with C = 3"):
+        routing.conv_capsule_votes(np.zeros((1, 5, 5, 3, 4, 4), np.float32), np.zeros((3, 3, 2, 2, 4, 4), np.float32))
