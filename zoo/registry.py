@@ -23,6 +23,22 @@ MODELS = {
         "crf", "zoo.crf.configs.peoples_daily_seg", "zoo.crf.task", "peoples_daily_seg",
         "the author's CNN-CRF word segmenter, 4 tags s/b/m/e (post 5542)",
     ),
+    "capsnet": ModelSpec(
+        "capsules", "zoo.capsules.configs.capsnet", "zoo.capsules.task", "fashion_mnist",
+        "CapsNet: 32x8D primary -> 10x16D capsules, dynamic routing, reconstruction (Sabour et al.)",
+    ),
+    "su_capsule": ModelSpec(
+        "capsules", "zoo.capsules.configs.su_capsule", "zoo.capsules.task", "mnist_5k",
+        "the author's shared-weight capsules, his routing; two-digit test (posts 4819, 5112)",
+    ),
+    "cnn_baseline": ModelSpec(
+        "capsules", "zoo.capsules.configs.cnn_baseline", "zoo.capsules.task", "mnist_5k",
+        "the CNN baseline of the same size for the two-digit test (post 4819)",
+    ),
+    "em_capsnet": ModelSpec(
+        "capsules", "zoo.capsules.configs.em_capsnet", "zoo.capsules.task", "fashion_mnist",
+        "matrix capsules with EM routing, A=32 B=8 C=D=16, spread loss (post 5155)",
+    ),
 }  # fmt: skip
 
 DEFAULT_MODEL = "crf_ner"

@@ -1,0 +1,44 @@
+"""Defaults shared by the capsule configs."""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model_name = "capsnet"
+    c.seed = 0
+    c.data = dict(
+        name="fashion_mnist", data_dir="", batch_size=100, eval_batch_size=500, shift=2, train_limit=0,
+        test_limit=0, two_digit=False, two_digit_seed=0,
+    )  # fmt: skip
+    c.model = dict(
+        kind="capsnet", routing="sabour", num_iters=3, conv_features=256, primary_types=32, primary_dim=8,
+        class_dim=16, decoder_features=(512, 1024), hidden=128, caps1_types=16, caps2_types=16,
+        inverse_temperature=0.01,
+    )  # fmt: skip
+    c.loss = dict(
+        down_weight=0.5, reconstruction_weight=0.0005, margin_start=0.2, margin_end=0.9, margin_steps=1,
+    )  # fmt: skip
+    c.optim = dict(learning_rate=1e-3, decay_per_epoch=1.0, grad_clip=5.0)
+    c.train = dict(
+        num_steps=1000, log_every=50, eval_every=0, ckpt_every=500, num_devices=0, progress=True,
+        inject_nan_at_step=-1,
+    )  # fmt: skip
+    return c
+
+
+def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Seconds on CPU: a slice of the data, a narrow model, a handful of steps."""
+    c.data.batch_size = 8
+    c.data.eval_batch_size = 50
+    c.data.train_limit = 200
+    c.data.test_limit = 50
+    c.train.num_steps = 4
+    c.train.log_every = 2
+    c.train.ckpt_every = 2
+    return c
+
+
+def check_variant(name: str, arg: str, known=("", "smoke")):
+    if arg not in known:
+        raise ValueError(f"{name} config: unknown variant {arg!r}; use one of {list(known)}")

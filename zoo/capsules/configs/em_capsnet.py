@@ -1,0 +1,28 @@
+"""Matrix capsules with EM routing (Hinton, Sabour, Frosst 2018), small: A=32, B=8,
+C=D=16, 3 EM iterations, spread loss with the margin growing 0.2 → 0.9, on Fashion-MNIST.
+
+    bash scripts/get_data.sh fashion_mnist && zoo train em_capsnet
+smallNORB (tfds, needs network): ``--config.data.name=tfds:smallnorb``.
+"""
+
+from zoo.capsules.configs.common import base_config, check_variant, smoke
+
+
+def get_config(arg: str = ""):
+    check_variant("em_capsnet", arg)
+    c = base_config()
+    c.model_name = "em_capsnet"
+    c.model.kind = "em_capsnet"
+    c.model.inverse_temperature = 0.01
+    c.data.name = "fashion_mnist"
+    c.data.batch_size = 64
+    c.optim.learning_rate = 3e-3
+    c.optim.decay_per_epoch = 0.96
+    c.loss.margin_steps = 2000
+    c.train.num_steps = 5000
+    c.train.eval_every = 1000
+    if arg == "smoke":
+        smoke(c)
+        c.model.update(conv_features=8, primary_types=4, caps1_types=4, caps2_types=4)
+        c.loss.margin_steps = 4
+    return c

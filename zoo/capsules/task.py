@@ -1,0 +1,240 @@
+"""Capsule image classification as a :class:`zoo.core.Task`.
+
+One task serves the four models (``config.model.kind``):
+
+* ``capsnet``: margin loss (λ 0.5) + 0.0005 × the summed squared reconstruction error;
+  evaluation also writes a PNG grid of test images and their reconstructions;
+* ``su_capsule`` / ``cnn_baseline``: the author's margin loss (λ 0.25);
+* ``em_capsnet``: the spread loss, its margin growing linearly from ``loss.margin_start``
+  to ``loss.margin_end`` over ``loss.margin_steps`` (carried in the batch, one value per
+  example, so the loss stays a function of ``(params, batch, key)``).
+
+With ``data.two_digit`` the evaluation adds the author's test (post 4819): every test
+image stacked vertically on a random test image of another class (56×28), scored by
+whether the top-2 classes are the two labels (``two_digit_top2``) and, in addition,
+whether the second score exceeds 0.5 (``two_digit_top2_confident``).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from zoo.capsules import model as capsule_models
+from zoo.capsules.losses import margin_loss, spread_loss
+from zoo.core.train import Task
+from zoo.data.images import IMAGE_DATASETS, load_images
+
+KINDS = ("capsnet", "su_capsule", "cnn_baseline", "em_capsnet")
+
+
+def make_model(config: ml_collections.ConfigDict):
+    m = config.model
+    num_classes = IMAGE_DATASETS[config.data.name].num_classes
+    if m.kind == "capsnet":
+        return capsule_models.CapsNet(
+            num_classes, m.conv_features, m.primary_types, m.primary_dim, m.class_dim, m.num_iters, m.routing,
+            tuple(m.decoder_features),
+        )  # fmt: skip
+    if m.kind == "su_capsule":
+        return capsule_models.SuCapsNet(num_classes, m.class_dim, m.num_iters, m.routing)
+    if m.kind == "cnn_baseline":
+        return capsule_models.CNNBaseline(num_classes, m.hidden)
+    if m.kind == "em_capsnet":
+        return capsule_models.EMCapsNet(
+            num_classes, m.conv_features, m.primary_types, m.caps1_types, m.caps2_types, m.num_iters,
+            m.inverse_temperature,
+        )  # fmt: skip
+    raise ValueError(f"config.model.kind must be one of {KINDS}; got {m.kind!r}")
+
+
+def scores_fn(model):
+    """``scores(params, images) -> [B, K]`` class scores in [0, 1], for every kind."""
+
+    def scores(params, images):
+        out = model.apply({"params": params}, images)
+        return out[0] if isinstance(model, capsule_models.CapsNet) else out
+
+    return scores
+
+
+# --------------------------------------------------------------------------- #
+# Data
+# --------------------------------------------------------------------------- #
+
+
+def to_float(images: np.ndarray) -> np.ndarray:
+    return images.astype(np.float32) / 255.0
+
+
+def random_shift(images: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
+    """Translates each image by up to ``max_shift`` pixels per axis, zero fill (the paper's
+    only augmentation)."""
+    if max_shift == 0:
+        return images
+    b, h, w, _ = images.shape
+    padded = np.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)))
+    dy, dx = rng.integers(0, 2 * max_shift + 1, size=(2, b))
+    return np.stack([padded[i, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
+
+
+def stack_two_digits(images: np.ndarray, labels: np.ndarray, seed: int = 0):
+    """Post 4819's test set: image i on top of a random image of a different label.
+
+    Returns ``(images [N, 2H, W, C], label pairs [N, 2])``; fixed by ``seed``.
+    """
+    rng = np.random.default_rng(seed)
+    partners = np.empty(len(labels), np.int64)
+    for i, label in enumerate(labels):
+        candidates = np.flatnonzero(labels != label)
+        partners[i] = candidates[rng.integers(len(candidates))]
+    stacked = np.concatenate([images, images[partners]], axis=1)
+    return stacked, np.stack([labels, labels[partners]], axis=1)
+
+
+def two_digit_accuracy(scores: np.ndarray, pairs: np.ndarray) -> dict[str, float]:
+    """Both of the author's accuracies: the top-2 classes equal the label pair; and that
+    plus the second-highest score above 0.5."""
+    top2 = np.argsort(-scores, axis=1)[:, :2]
+    hit = np.sort(top2, axis=1) == np.sort(pairs, axis=1)
+    hit = hit.all(axis=1)
+    second = np.take_along_axis(scores, top2[:, 1:], axis=1)[:, 0]
+    return {"two_digit_top2": float(hit.mean()), "two_digit_top2_confident": float((hit & (second > 0.5)).mean())}
+
+
+def load_split(config, split):
+    d = config.data
+    limit = d.train_limit if split == "train" else d.test_limit
+    return load_images(d.name, split, data_dir=d.data_dir or None, limit=limit)
+
+
+def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+    o = config.optim
+    schedule = optax.exponential_decay(o.learning_rate, max(1, steps_per_epoch), o.decay_per_epoch)
+    return optax.chain(optax.clip_by_global_norm(o.grad_clip), optax.adam(schedule))
+
+
+# --------------------------------------------------------------------------- #
+# Task
+# --------------------------------------------------------------------------- #
+
+
+def _loss_and_metrics(model, config, params, batch):
+    images, labels = batch["images"], batch["labels"]
+    kind = config.model.kind
+    if kind == "capsnet":
+        scores, recon = model.apply({"params": params}, images, labels)
+        classify = margin_loss(scores, labels, down_weight=config.loss.down_weight)
+        recon_err = jnp.mean(jnp.sum(jnp.square(recon - images), axis=(1, 2, 3)))
+        loss = classify + config.loss.reconstruction_weight * recon_err
+        extra = {"margin_loss": classify, "reconstruction_sse": recon_err}
+    elif kind == "em_capsnet":
+        scores = model.apply({"params": params}, images)
+        loss = spread_loss(scores, labels, batch["margin"])
+        extra = {"spread_margin": jnp.mean(batch["margin"])}
+    else:
+        scores = model.apply({"params": params}, images)
+        loss = margin_loss(scores, labels, down_weight=config.loss.down_weight)
+        extra = {}
+    accuracy = jnp.mean((jnp.argmax(scores, -1) == labels).astype(jnp.float32))
+    return loss, {"accuracy": accuracy, **extra}
+
+
+def spread_margin(config, step: int) -> float:
+    s = config.loss
+    frac = min(1.0, step / max(1, s.margin_steps))
+    return s.margin_start + (s.margin_end - s.margin_start) * frac
+
+
+def get_task(config: ml_collections.ConfigDict, workdir: Path) -> Task:
+    d = config.data
+    train_images, train_labels = load_split(config, "train")
+    test_images, test_labels = load_split(config, "test")
+    model = make_model(config)
+    steps_per_epoch = len(train_labels) // d.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"data.batch_size {d.batch_size} exceeds the {len(train_labels)} training images")
+
+    def init(key):
+        dummy = jnp.zeros((1, *train_images.shape[1:]), jnp.float32)
+        args = (dummy, jnp.zeros((1,), jnp.int32)) if config.model.kind == "capsnet" else (dummy,)
+        return model.init(key, *args)["params"]
+
+    def loss_fn(params, batch, key):
+        del key  # no dropout or sampling in these models
+        return _loss_and_metrics(model, config, params, batch)
+
+    def train_batches(start_step):
+        step = start_step
+        while True:
+            epoch, offset = divmod(step, steps_per_epoch)
+            order = np.random.default_rng([config.seed, epoch]).permutation(len(train_labels))
+            idx = order[offset * d.batch_size : (offset + 1) * d.batch_size]
+            shift_rng = np.random.default_rng([config.seed, step, 1])
+            batch = {
+                "images": to_float(random_shift(train_images[idx], d.shift, shift_rng)),
+                "labels": train_labels[idx],
+            }
+            if config.model.kind == "em_capsnet":
+                batch["margin"] = np.full(len(idx), spread_margin(config, step), np.float32)
+            yield batch
+            step += 1
+
+    def evaluate(params):
+        return evaluate_images(config, model, params, test_images, test_labels, workdir)
+
+    return Task(init, make_optimizer(config, steps_per_epoch), loss_fn, train_batches, evaluate)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_scores(model):
+    return jax.jit(scores_fn(model))
+
+
+def predict_scores(model, params, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Class scores for uint8 images, in fixed-size batches (the last one padded)."""
+    scores = _jitted_scores(model)
+    out = []
+    for i in range(0, len(images), batch_size):
+        chunk = images[i : i + batch_size]
+        pad = batch_size - len(chunk)
+        x = to_float(np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)]) if pad else chunk)
+        out.append(np.asarray(scores(params, x))[: len(chunk)])
+    return np.concatenate(out)
+
+
+def evaluate_images(config, model, params, images, labels, workdir=None) -> dict[str, float]:
+    bs = config.data.eval_batch_size
+    scores = predict_scores(model, params, images, bs)
+    metrics = {"test_accuracy": float(np.mean(np.argmax(scores, -1) == labels))}
+    if config.data.two_digit:
+        stacked, pairs = stack_two_digits(images, labels, config.data.two_digit_seed)
+        metrics.update(two_digit_accuracy(predict_scores(model, params, stacked, bs), pairs))
+    if config.model.kind == "capsnet" and workdir is not None:
+        save_reconstructions(model, params, images[:32], Path(workdir) / "reconstructions.png")
+    return metrics
+
+
+def save_reconstructions(model, params, images: np.ndarray, path: Path):
+    """Top row(s): test images; below: the decoder's output from the predicted capsule."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _, recon = jax.jit(model.apply)({"params": params}, to_float(images))
+    recon = np.asarray(recon)
+    n = len(images)
+    fig, axes = plt.subplots(2, n, figsize=(n * 0.5, 1.2))
+    for i in range(n):
+        for row, img in enumerate((to_float(images[i]), recon[i])):
+            axes[row, i].imshow(img[..., 0], cmap="gray", vmin=0, vmax=1)
+            axes[row, i].axis("off")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
