@@ -293,9 +293,11 @@ def _em_routing(votes, a_in, beta_u, beta_a, num_iters, lam, min_var, normalize_
         weight = resp * a_in[..., None]  # [B, I, J]
         amount = jnp.sum(weight, axis=1)  # [B, J]
         coeff = weight / jnp.maximum(amount, _TINY)[:, None]  # [B, I, J], sums to 1 over I
-        mean = jnp.einsum("bij,bijp->bjp", coeff, votes)
+        # Multiply-and-reduce rather than einsum: XLA fuses these into one pass over the
+        # votes, where a dot_general would first transpose them to put J next to B.
+        mean = jnp.sum(coeff[..., None] * votes, axis=1)  # [B, J, P]
         centred = votes - mean[:, None]
-        var = jnp.einsum("bij,bijp->bjp", coeff, jnp.square(centred)) + min_var
+        var = jnp.sum(coeff[..., None] * jnp.square(centred), axis=1) + min_var
         log_var = jnp.log(var)
         cost = (p * beta_u + 0.5 * jnp.sum(log_var, axis=-1)) * (amount * amount_scale)  # [B, J]
         logit = lam * (beta_a - cost)  # [B, J]

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels import routing
+from zoo.core.layers import StridedConv
 
 
 class CapsuleLayer(nn.Module):
@@ -40,8 +41,8 @@ class CapsuleLayer(nn.Module):
         if self.shared:  # Keras glorot over a 1-wide conv1d kernel (Din -> J*Dout)
             init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=0, out_axis=(1, 2))
             shape = (din, self.num_capsules, self.capsule_dim)
-        else:  # glorot over each (Din -> Dout) matrix
-            init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=1, out_axis=3, batch_axis=(0, 2))
+        else:  # small: the class capsules start short (lengths ~0.1), not saturated at ~1
+            init = nn.initializers.normal(0.01)
             shape = (n_in, din, self.num_capsules, self.capsule_dim)
         weights = self.param("weights", init, shape)
         u_hat = routing.capsule_votes(u, weights)  # [B, I, J, Dout]
@@ -65,7 +66,7 @@ class PrimaryCapsules(nn.Module):
 
     @nn.compact
     def __call__(self, x):  # [B, H, W, C] -> [B, H'*W'*num_types, capsule_dim]
-        x = nn.Conv(self.num_types * self.capsule_dim, (self.kernel_size,) * 2, (self.stride,) * 2, "VALID")(x)
+        x = StridedConv(self.num_types * self.capsule_dim, self.kernel_size, self.stride)(x)
         b, h, w, _ = x.shape
         return routing.squash(x.reshape(b, h * w * self.num_types, self.capsule_dim))
 
@@ -243,7 +244,7 @@ class EMCapsNet(nn.Module):
 
     @nn.compact
     def __call__(self, images):
-        x = nn.relu(nn.Conv(self.conv_features, (5, 5), (2, 2), padding="VALID")(images))
+        x = nn.relu(StridedConv(self.conv_features, 5, 2)(images))
         b, h, w, _ = x.shape
         poses = nn.Conv(self.primary_types * 16, (1, 1))(x).reshape(b, h, w, self.primary_types, 4, 4)
         activations = nn.sigmoid(nn.Conv(self.primary_types, (1, 1))(x))
