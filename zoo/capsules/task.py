@@ -108,10 +108,21 @@ def two_digit_accuracy(scores: np.ndarray, pairs: np.ndarray) -> dict[str, float
     return {"two_digit_top2": float(hit.mean()), "two_digit_top2_confident": float((hit & (second > 0.5)).mean())}
 
 
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of uint8 ``[N, H, W, C]`` to ``size × size`` (smallNORB: 96 -> 32)."""
+    import jax.image
+
+    out = jax.image.resize(images.astype(np.float32), (len(images), size, size, images.shape[-1]), "bilinear")
+    return np.clip(np.rint(np.asarray(out)), 0, 255).astype(np.uint8)
+
+
 def load_split(config, split):
     d = config.data
     limit = d.train_limit if split == "train" else d.test_limit
-    return load_images(d.name, split, data_dir=d.data_dir or None, limit=limit)
+    images, labels = load_images(d.name, split, data_dir=d.data_dir or None, limit=limit)
+    if d.resize and images.shape[1:3] != (d.resize, d.resize):
+        images = resize_images(images, d.resize)
+    return images, labels
 
 
 def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -197,6 +208,11 @@ def _jitted_scores(model):
     return jax.jit(scores_fn(model))
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted_apply(model):
+    return jax.jit(model.apply)
+
+
 def predict_scores(model, params, images: np.ndarray, batch_size: int) -> np.ndarray:
     """Class scores for uint8 images, in fixed-size batches (the last one padded)."""
     scores = _jitted_scores(model)
@@ -228,7 +244,7 @@ def save_reconstructions(model, params, images: np.ndarray, path: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    _, recon = jax.jit(model.apply)({"params": params}, to_float(images))
+    _, recon = _jitted_apply(model)({"params": params}, to_float(images))
     recon = np.asarray(recon)
     n = len(images)
     fig, axes = plt.subplots(2, n, figsize=(n * 0.5, 1.2))

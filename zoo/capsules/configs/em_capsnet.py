@@ -2,14 +2,15 @@
 C=D=16, 3 EM iterations, spread loss with the margin growing 0.2 → 0.9, on Fashion-MNIST.
 
     bash scripts/get_data.sh fashion_mnist && zoo train em_capsnet
-smallNORB (tfds, needs network): ``--config.data.name=tfds:smallnorb``.
+smallNORB (tfds, needs network; 96×96 images resized to 32×32, 5 classes):
+``zoo train em_capsnet --config smallnorb``.
 """
 
 from zoo.capsules.configs.common import base_config, check_variant, smoke
 
 
 def get_config(arg: str = ""):
-    check_variant("em_capsnet", arg)
+    check_variant("em_capsnet", arg, ("", "smoke", "smallnorb"))
     c = base_config()
     c.model_name = "em_capsnet"
     c.model.kind = "em_capsnet"
@@ -21,6 +22,10 @@ def get_config(arg: str = ""):
     c.loss.margin_steps = 2000
     c.train.num_steps = 5000
     c.train.eval_every = 1000
+    if arg == "smallnorb":
+        c.data.name = "tfds:smallnorb"
+        c.data.resize = 32
+        c.data.shift = 0
     if arg == "smoke":
         smoke(c)
         c.model.update(conv_features=8, primary_types=4, caps1_types=4, caps2_types=4)

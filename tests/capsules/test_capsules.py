@@ -1,0 +1,230 @@
+"""The capsule family: layers, losses, the two-digit test, data builders and smoke training."""
+
+import gzip
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from jax import lax
+
+from zoo import cli
+from zoo.capsules import losses, task
+from zoo.capsules.model import CNNBaseline, SuCapsNet
+from zoo.core.layers import StridedConv, space_to_depth_conv
+from zoo.data.images import Mnist5k, ZooFashionMnist, load_images, read_idx
+
+
+# --------------------------------------------------------------------------- #
+# layers
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("k,s,h,w", [(9, 2, 20, 20), (5, 2, 28, 27), (3, 3, 11, 10), (4, 2, 9, 12), (3, 1, 7, 7)])
+def test_space_to_depth_conv_equals_strided_conv(rng, k, s, h, w):
+    x = rng.normal(size=(2, h, w, 3)).astype(np.float32)
+    kernel = rng.normal(size=(k, k, 3, 5)).astype(np.float32)
+
+    def native(x, kernel):
+        return lax.conv_general_dilated(x, kernel, (s, s), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    want = native(x, kernel)
+    got = space_to_depth_conv(x, kernel, s)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    probe = rng.normal(size=want.shape).astype(np.float32)
+    g_want = jax.grad(lambda a, b: jnp.sum(native(a, b) * probe), argnums=(0, 1))(x, kernel)
+    g_got = jax.grad(lambda a, b: jnp.sum(space_to_depth_conv(a, b, s) * probe), argnums=(0, 1))(x, kernel)
+    for a, b in zip(g_got, g_want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_strided_conv_has_nn_conv_parameters(rng):
+    x = jnp.asarray(rng.normal(size=(1, 13, 13, 2)), jnp.float32)
+    params = StridedConv(4, 5, 2).init(jax.random.key(0), x)["params"]
+    assert params["kernel"].shape == (5, 5, 2, 4) and params["bias"].shape == (4,)
+    import flax.linen as nn
+
+    want = nn.Conv(4, (5, 5), (2, 2), padding="VALID").apply({"params": params}, x)
+    np.testing.assert_allclose(StridedConv(4, 5, 2).apply({"params": params}, x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_su_capsule_takes_any_image_size_and_couplings_sum_to_one():
+    model = SuCapsNet(variant="su")
+    params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    for shape, n_caps in (((2, 28, 28, 1), 64), ((2, 56, 28, 1), 176)):
+        lengths, coupling = model.apply(params, jnp.full(shape, 0.5), return_coupling=True)
+        assert lengths.shape == (2, 10) and coupling.shape == (2, n_caps, 10)
+        np.testing.assert_allclose(coupling.sum(-1), 1.0, rtol=1e-5)
+        assert np.all((np.asarray(lengths) > 0) & (np.asarray(lengths) < 1))
+    assert CNNBaseline().apply(CNNBaseline().init(jax.random.key(0), jnp.zeros((1, 28, 28, 1))), jnp.zeros((3, 56, 28, 1))).shape == (3, 10)
+
+
+# --------------------------------------------------------------------------- #
+# losses
+# --------------------------------------------------------------------------- #
+
+
+def test_margin_loss_matches_formula(rng):
+    scores = rng.uniform(size=(4, 10)).astype(np.float32)
+    labels = rng.integers(0, 10, size=4)
+    want = 0.0
+    for b in range(4):
+        for k in range(10):
+            if k == labels[b]:
+                want += max(0.0, 0.9 - scores[b, k]) ** 2
+            else:
+                want += 0.25 * max(0.0, scores[b, k] - 0.1) ** 2
+    got = losses.margin_loss(jnp.asarray(scores), jnp.asarray(labels), down_weight=0.25)
+    np.testing.assert_allclose(got, want / 4, rtol=1e-5)
+
+
+def test_spread_loss_matches_formula_and_margin_per_example(rng):
+    act = rng.uniform(size=(3, 5)).astype(np.float32)
+    labels = rng.integers(0, 5, size=3)
+    margins = np.array([0.2, 0.5, 0.9], np.float32)
+    want = np.mean([
+        sum(max(0.0, margins[b] - (act[b, labels[b]] - act[b, k])) ** 2 for k in range(5) if k != labels[b])
+        for b in range(3)
+    ])  # fmt: skip
+    np.testing.assert_allclose(losses.spread_loss(jnp.asarray(act), jnp.asarray(labels), margins), want, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- #
+# the two-digit test
+# --------------------------------------------------------------------------- #
+
+
+def test_stack_two_digits_pairs_different_labels(rng):
+    images = rng.integers(0, 255, size=(40, 28, 28, 1), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=40).astype(np.int32)
+    stacked, pairs = task.stack_two_digits(images, labels, seed=3)
+    assert stacked.shape == (40, 56, 28, 1) and pairs.shape == (40, 2)
+    assert np.all(pairs[:, 0] == labels) and np.all(pairs[:, 0] != pairs[:, 1])
+    np.testing.assert_array_equal(stacked[:, :28], images)
+    again, _ = task.stack_two_digits(images, labels, seed=3)
+    np.testing.assert_array_equal(stacked, again)
+
+
+def test_two_digit_accuracy_counts_both_definitions():
+    pairs = np.array([[1, 2], [3, 4], [5, 6]])
+    scores = np.zeros((3, 10))
+    scores[0, [1, 2]] = [0.9, 0.8]  # right pair, confident
+    scores[1, [3, 4]] = [0.9, 0.3]  # right pair, second score below 0.5
+    scores[2, [5, 7]] = [0.9, 0.8]  # wrong second class
+    acc = task.two_digit_accuracy(scores, pairs)
+    assert acc == {"two_digit_top2": 2 / 3, "two_digit_top2_confident": 1 / 3}
+
+
+def test_random_shift_keeps_content_and_zero_fills(rng):
+    images = np.zeros((2, 8, 8, 1), np.float32)
+    images[:, 3:5, 3:5] = 1.0
+    shifted = task.random_shift(images, 2, rng)
+    assert shifted.shape == images.shape and np.all(shifted.sum(axis=(1, 2, 3)) == 4)
+    assert task.random_shift(images, 0, rng) is images
+
+
+# --------------------------------------------------------------------------- #
+# data
+# --------------------------------------------------------------------------- #
+
+
+def test_mnist5k_from_the_installed_package_is_split_450_50_per_class(tmp_path):
+    train_x, train_y = load_images("mnist_5k", "train", data_dir=tmp_path)
+    test_x, test_y = load_images("mnist_5k", "test", data_dir=tmp_path)
+    assert train_x.shape == (4500, 28, 28, 1) and test_x.shape == (500, 28, 28, 1)
+    assert np.all(np.bincount(train_y) == 450) and np.all(np.bincount(test_y) == 50)
+    assert train_x.dtype == np.uint8 and train_x.max() > 200
+    # no image is in both splits
+    train_keys = {x.tobytes() for x in train_x}
+    assert not any(x.tobytes() in train_keys for x in test_x)
+
+
+def write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_builder_reads_idx_files(tmp_path, rng):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    data = {}
+    for prefix, n in (("train", 12), ("t10k", 5)):
+        data[prefix] = (rng.integers(0, 256, size=(n, 28, 28)), rng.integers(0, 10, size=n))
+        write_idx(raw / f"{prefix}-images-idx3-ubyte.gz", data[prefix][0])
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", data[prefix][1])
+    np.testing.assert_array_equal(read_idx(raw / "t10k-images-idx3-ubyte.gz"), data["t10k"][0])
+    builder = ZooFashionMnist(data_dir=str(tmp_path / "tfds"), file_format="array_record")
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(raw)))
+    source = builder.as_data_source(split="test")
+    got = sorted((int(source[i]["label"]), source[i]["image"].tobytes()) for i in range(len(source)))
+    want = sorted((int(y), x[..., None].astype(np.uint8).tobytes()) for x, y in zip(*data["t10k"]))
+    assert got == want
+
+
+def test_missing_fashion_mnist_names_the_data_script(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOO_RAW_DIR", str(tmp_path / "nothing"))
+    monkeypatch.setattr("zoo.data.images.Path.exists", lambda self: False)
+    with pytest.raises(FileNotFoundError, match="scripts/get_data.sh fashion_mnist"):
+        load_images("fashion_mnist", "test", data_dir=tmp_path)
+
+
+# --------------------------------------------------------------------------- #
+# smoke training of every model (tfds mock data stands in for Fashion-MNIST / smallNORB)
+# --------------------------------------------------------------------------- #
+
+
+def train_smoke(model, tmp_path, *extra):
+    workdir = tmp_path / model
+    assert cli.main(["train", model, "--config", "smoke", "--workdir", str(workdir), *extra]) == 0
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in lines if r["split"] == "train"]
+    assert train and all(np.isfinite(r["loss"]) for r in train)
+    return workdir, [r for r in lines if r["split"] == "eval"][-1]
+
+
+@pytest.mark.parametrize("model", ["su_capsule", "cnn_baseline"])
+def test_two_digit_models_train_and_report_both_accuracies(model, tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOO_DATA_DIR", str(tmp_path / "tfds"))
+    _, ev = train_smoke(model, tmp_path)
+    assert {"test_accuracy", "two_digit_top2", "two_digit_top2_confident"} <= set(ev)
+    assert ev["two_digit_top2_confident"] <= ev["two_digit_top2"]
+
+
+def test_capsnet_trains_on_mock_fashion_mnist_and_saves_reconstructions(tmp_path):
+    with tfds.testing.mock_data(num_examples=64, data_dir=str(tmp_path / "mock")):
+        workdir, ev = train_smoke("capsnet", tmp_path, "--config.data.name=tfds:fashion_mnist")
+    assert 0 <= ev["test_accuracy"] <= 1
+    assert (workdir / "reconstructions.png").stat().st_size > 0
+
+
+def test_em_capsnet_trains_on_mock_smallnorb_resized(tmp_path):
+    with tfds.testing.mock_data(num_examples=24, data_dir=str(tmp_path / "mock")):
+        _, ev = train_smoke(
+            "em_capsnet", tmp_path, "--config.data.name=tfds:smallnorb", "--config.data.resize=32",
+            "--config.data.shift=0",
+        )  # fmt: skip
+    assert 0 <= ev["test_accuracy"] <= 1
+
+
+def test_capsule_train_step_does_not_recompile(tmp_path, monkeypatch):
+    from tests.helpers import count_compilations
+    from zoo.capsules.configs import su_capsule
+    from zoo.core import parallel
+    from zoo.core.train import init_state, make_train_step
+
+    monkeypatch.setenv("ZOO_DATA_DIR", str(tmp_path / "tfds"))
+    config = su_capsule.get_config("smoke")
+    t = task.get_task(config, tmp_path)
+    mesh = parallel.data_mesh(1)
+    state = init_state(t, jax.random.key(0), mesh)
+    step = make_train_step(t, mesh)
+    batches = t.train_batches(0)
+    state, _ = step(state, parallel.shard_batch(next(batches), mesh), jax.random.key(1))
+    with count_compilations() as compiled:
+        state, metrics = step(state, parallel.shard_batch(next(batches), mesh), jax.random.key(1))
+        jax.block_until_ready(metrics)
+    assert compiled == []
