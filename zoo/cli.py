@@ -2,8 +2,8 @@
 
     zoo list
     zoo train <model> [--config smoke | --config path.py:arg] [--config.x.y=v ...] [--workdir DIR]
-    zoo eval <run-dir>
-    zoo predict <run-dir> "text to tag"
+    zoo eval <run-dir>                     (any family)
+    zoo predict <run-dir> "text to tag"    (CRF taggers)
     zoo bench <suite> [suite flags]
 """
 
@@ -20,12 +20,15 @@ def _cmd_list(args) -> int:
 
     print("models:")
     for name, s in registry.MODELS.items():
-        print(f"  {name:<10} family={s.family:<5} data={s.dataset:<18} {s.description}")
+        print(f"  {name:<12} family={s.family:<8} data={s.dataset:<18} {s.description}")
     print("families:", ", ".join(sorted({s.family for s in registry.MODELS.values()})))
     print("data sets:")
-    for name, d in data.DATASETS.items():
+    from zoo.data.images import IMAGE_DATASETS
+    from benchmarks.run import SUITES
+
+    for name, d in [*data.DATASETS.items(), *IMAGE_DATASETS.items()]:
         print(f"  {name:<18} {d.description}")
-    print("benchmark suites: crf")
+    print("benchmark suites:", ", ".join(SUITES))
     return 0
 
 
@@ -72,8 +75,29 @@ def _load_run(run_dir: Path):
         raise SystemExit(f"error: {err}") from None
 
 
+def _family(run_dir: Path) -> str:
+    from zoo import registry
+    from zoo.core.config import read_config
+
+    path = run_dir / "config.json"
+    if not path.exists():
+        raise SystemExit(f"error: {run_dir} is not a run directory (no config.json)")
+    return registry.spec(read_config(path).model_name).family
+
+
 def _cmd_eval(args) -> int:
     from zoo.crf import task as crf_task
+
+    if _family(Path(args.run_dir)) == "capsules":
+        from zoo.capsules import task as capsule_task
+
+        try:
+            config, t, params, step = capsule_task.restore_run(Path(args.run_dir))
+        except FileNotFoundError as err:
+            raise SystemExit(f"error: {err}") from None
+        print(f"evaluating {config.model_name} at step {step} on the {config.data.name} test split")
+        _print_metrics(t.evaluate(params))
+        return 0
 
     config, vocab, model, params, step = _load_run(Path(args.run_dir))
     examples, _ = crf_task.load_split(config, "test")
@@ -84,6 +108,9 @@ def _cmd_eval(args) -> int:
 
 def _cmd_predict(args) -> int:
     from zoo.crf import task as crf_task
+
+    if _family(Path(args.run_dir)) != "crf":
+        raise SystemExit("error: `zoo predict` tags text, so it needs a CRF run; use `zoo eval` for image models")
 
     config, vocab, model, params, _ = _load_run(Path(args.run_dir))
     for text in args.text:

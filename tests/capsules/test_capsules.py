@@ -187,11 +187,18 @@ def train_smoke(model, tmp_path, *extra):
 
 
 @pytest.mark.parametrize("model", ["su_capsule", "cnn_baseline"])
-def test_two_digit_models_train_and_report_both_accuracies(model, tmp_path, monkeypatch):
+def test_two_digit_models_train_and_report_both_accuracies(model, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ZOO_DATA_DIR", str(tmp_path / "tfds"))
-    _, ev = train_smoke(model, tmp_path)
+    workdir, ev = train_smoke(model, tmp_path)
     assert {"test_accuracy", "two_digit_top2", "two_digit_top2_confident"} <= set(ev)
     assert ev["two_digit_top2_confident"] <= ev["two_digit_top2"]
+    if model == "su_capsule":  # `zoo eval` restores the checkpoint and reproduces the final evaluation
+        capsys.readouterr()
+        assert cli.main(["eval", str(workdir)]) == 0
+        printed = json.loads(capsys.readouterr().out.split("evaluation: ")[1])
+        assert printed == {k: round(v, 4) for k, v in ev.items() if k not in ("step", "split")}
+        with pytest.raises(SystemExit, match="needs a CRF run"):
+            cli.main(["predict", str(workdir), "text"])
 
 
 def test_capsnet_trains_on_mock_fashion_mnist_and_saves_reconstructions(tmp_path):

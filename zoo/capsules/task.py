@@ -120,7 +120,7 @@ def load_split(config, split):
     d = config.data
     limit = d.train_limit if split == "train" else d.test_limit
     images, labels = load_images(d.name, split, data_dir=d.data_dir or None, limit=limit)
-    if d.resize and images.shape[1:3] != (d.resize, d.resize):
+    if d.get("resize", 0) and images.shape[1:3] != (d.resize, d.resize):
         images = resize_images(images, d.resize)
     return images, labels
 
@@ -254,3 +254,21 @@ def save_reconstructions(model, params, images: np.ndarray, path: Path):
             axes[row, i].axis("off")
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
+
+
+def restore_run(run_dir: Path):
+    """``(config, task, params, step)`` of a run directory's latest checkpoint."""
+    from zoo.core import parallel
+    from zoo.core.checkpoint import Checkpointer
+    from zoo.core.config import read_config
+    from zoo.core.train import init_state
+
+    run_dir = Path(run_dir)
+    config = read_config(run_dir / "config.json")
+    checkpointer = Checkpointer(run_dir / "checkpoints")
+    if checkpointer.latest_step() is None:
+        raise FileNotFoundError(f"{run_dir} holds no checkpoint")
+    t = get_task(config, run_dir)
+    state = checkpointer.restore(init_state(t, jax.random.key(0), parallel.data_mesh(1)))
+    checkpointer.close()
+    return config, t, state.params, int(state.step)
