@@ -304,9 +304,11 @@ def _em_routing(votes, a_in, beta_u, beta_a, num_iters, lam, min_var, normalize_
         if it == num_iters - 1:
             break
         # ---- E-step, in log space
-        log_p = -0.5 * jnp.sum(
-            jnp.square(centred) / var[:, None] + log_var[:, None] + math.log(2 * math.pi), axis=-1
-        )  # [B, I, J]
+        # Terms that do not depend on the child are summed over P on the small [B, J, P]
+        # tensors; the per-element work is one multiply-add by the precomputed 1/σ².
+        mahalanobis = jnp.sum(jnp.square(centred) * (1.0 / var)[:, None], axis=-1)  # [B, I, J]
+        log_norm = jnp.sum(log_var, axis=-1) + p * math.log(2 * math.pi)  # [B, J]
+        log_p = -0.5 * (mahalanobis + log_norm[:, None])  # [B, I, J]
         resp = jax.nn.softmax(jax.nn.log_sigmoid(logit)[:, None, :] + log_p, axis=2)
     return mean, jax.nn.sigmoid(logit), resp
 
