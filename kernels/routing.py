@@ -171,21 +171,29 @@ def _dynamic_routing(u_hat, num_iters, variant, c_squash):
     # one reduction over I (the weighted sum) and one over D (the agreement). Both are
     # written as broadcast-multiply-and-sum so XLA fuses them into single passes instead
     # of transposing u_hat into a dot_general layout every iteration.
-    logits = jnp.zeros(u_hat.shape[:3], u_hat.dtype)
+    n_out = u_hat.shape[2]
+    logits = coupling = None
     for it in range(num_iters):
-        coupling = jax.nn.softmax(logits, axis=2)  # over output capsules J
-        s = jnp.sum(coupling[..., None] * u_hat, axis=1)  # [B, J, D]
+        if it == 0:  # b = 0: uniform coupling 1/J. Written out, not as softmax(zeros), which
+            # XLA would constant-fold into a [B, I, J] literal at compile time (seconds).
+            s = jnp.sum(u_hat, axis=1) / n_out  # [B, J, D]
+        else:
+            coupling = jax.nn.softmax(logits, axis=2)  # over output capsules J
+            s = jnp.sum(coupling[..., None] * u_hat, axis=1)
         last = it == num_iters - 1
         if variant == "sabour":
             v = squash(s, c=c_squash)
             if not last:
-                logits = logits + jnp.sum(u_hat * v[:, None], axis=-1)
+                agreement = jnp.sum(u_hat * v[:, None], axis=-1)
+                logits = agreement if logits is None else logits + agreement
         else:
             if last:
                 v = squash(s, c=c_squash)
             else:
                 direction = s / jnp.sqrt(jnp.maximum(jnp.sum(s * s, -1, keepdims=True), _L2_EPS))
                 logits = jnp.sum(u_hat * direction[:, None], axis=-1)
+    if coupling is None:
+        coupling = jnp.full(u_hat.shape[:3], 1.0 / n_out, u_hat.dtype)
     return v, coupling
 
 
