@@ -12,6 +12,7 @@ import sys
 # Suite name -> module with ``main(argv)``. Add one line per new model family.
 SUITES = {
     "crf": "benchmarks.bench_crf",
+    "capsules": "benchmarks.bench_capsules",
 }
 
 

@@ -13,7 +13,7 @@ from jax import lax
 from zoo import cli
 from zoo.capsules import losses, task
 from zoo.capsules.model import CNNBaseline, SuCapsNet
-from zoo.core.layers import StridedConv, space_to_depth_conv
+from zoo.core.layers import ValidConv, im2col_conv
 from zoo.data.images import Mnist5k, ZooFashionMnist, load_images, read_idx
 
 
@@ -23,7 +23,7 @@ from zoo.data.images import Mnist5k, ZooFashionMnist, load_images, read_idx
 
 
 @pytest.mark.parametrize("k,s,h,w", [(9, 2, 20, 20), (5, 2, 28, 27), (3, 3, 11, 10), (4, 2, 9, 12), (3, 1, 7, 7)])
-def test_space_to_depth_conv_equals_strided_conv(rng, k, s, h, w):
+def test_im2col_conv_equals_native_conv(rng, k, s, h, w):
     x = rng.normal(size=(2, h, w, 3)).astype(np.float32)
     kernel = rng.normal(size=(k, k, 3, 5)).astype(np.float32)
 
@@ -31,24 +31,24 @@ def test_space_to_depth_conv_equals_strided_conv(rng, k, s, h, w):
         return lax.conv_general_dilated(x, kernel, (s, s), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
     want = native(x, kernel)
-    got = space_to_depth_conv(x, kernel, s)
+    got = im2col_conv(x, kernel, s)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
     probe = rng.normal(size=want.shape).astype(np.float32)
     g_want = jax.grad(lambda a, b: jnp.sum(native(a, b) * probe), argnums=(0, 1))(x, kernel)
-    g_got = jax.grad(lambda a, b: jnp.sum(space_to_depth_conv(a, b, s) * probe), argnums=(0, 1))(x, kernel)
+    g_got = jax.grad(lambda a, b: jnp.sum(im2col_conv(a, b, s) * probe), argnums=(0, 1))(x, kernel)
     for a, b in zip(g_got, g_want):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
 
-def test_strided_conv_has_nn_conv_parameters(rng):
+def test_valid_conv_has_nn_conv_parameters(rng):
     x = jnp.asarray(rng.normal(size=(1, 13, 13, 2)), jnp.float32)
-    params = StridedConv(4, 5, 2).init(jax.random.key(0), x)["params"]
+    params = ValidConv(4, 5, 2).init(jax.random.key(0), x)["params"]
     assert params["kernel"].shape == (5, 5, 2, 4) and params["bias"].shape == (4,)
     import flax.linen as nn
 
     want = nn.Conv(4, (5, 5), (2, 2), padding="VALID").apply({"params": params}, x)
-    np.testing.assert_allclose(StridedConv(4, 5, 2).apply({"params": params}, x), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ValidConv(4, 5, 2).apply({"params": params}, x), want, rtol=1e-5, atol=1e-5)
 
 
 def test_su_capsule_takes_any_image_size_and_couplings_sum_to_one():

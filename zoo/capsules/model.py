@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels import routing
-from zoo.core.layers import StridedConv
+from zoo.core.layers import ValidConv
 
 
 class CapsuleLayer(nn.Module):
@@ -66,7 +66,7 @@ class PrimaryCapsules(nn.Module):
 
     @nn.compact
     def __call__(self, x):  # [B, H, W, C] -> [B, H'*W'*num_types, capsule_dim]
-        x = StridedConv(self.num_types * self.capsule_dim, self.kernel_size, self.stride)(x)
+        x = ValidConv(self.num_types * self.capsule_dim, self.kernel_size, self.stride, name="Conv_0")(x)
         b, h, w, _ = x.shape
         return routing.squash(x.reshape(b, h * w * self.num_types, self.capsule_dim))
 
@@ -89,7 +89,7 @@ class CapsNet(nn.Module):
 
     @nn.compact
     def __call__(self, images, labels=None):
-        x = nn.relu(nn.Conv(self.conv_features, (9, 9), padding="VALID")(images))
+        x = nn.relu(ValidConv(self.conv_features, 9, name="Conv_0")(images))
         u = PrimaryCapsules(self.primary_types, self.primary_dim)(x)
         v = CapsuleLayer(self.num_classes, self.class_dim, self.num_iters, self.variant, shared=False)(u)
         lengths = capsule_lengths(v)
@@ -107,12 +107,14 @@ class SuBackbone(nn.Module):
 
     @nn.compact
     def __call__(self, images):
+        # Explicit names: the parameter tree is nn.Conv's (Conv_0..Conv_3), so checkpoints
+        # do not depend on how the convolution is computed.
         x = images
-        for features in (64, 64):
-            x = nn.relu(nn.Conv(features, (3, 3), padding="VALID")(x))
+        for i, features in enumerate((64, 64)):
+            x = nn.relu(ValidConv(features, 3, name=f"Conv_{i}")(x))
         x = nn.avg_pool(x, (2, 2), (2, 2))
-        for features in (128, 128):
-            x = nn.relu(nn.Conv(features, (3, 3), padding="VALID")(x))
+        for i, features in enumerate((128, 128), start=2):
+            x = nn.relu(ValidConv(features, 3, name=f"Conv_{i}")(x))
         return x
 
 
@@ -244,7 +246,7 @@ class EMCapsNet(nn.Module):
 
     @nn.compact
     def __call__(self, images):
-        x = nn.relu(StridedConv(self.conv_features, 5, 2)(images))
+        x = nn.relu(ValidConv(self.conv_features, 5, 2)(images))
         b, h, w, _ = x.shape
         poses = nn.Conv(self.primary_types * 16, (1, 1))(x).reshape(b, h, w, self.primary_types, 4, 4)
         activations = nn.sigmoid(nn.Conv(self.primary_types, (1, 1))(x))

@@ -1,0 +1,1 @@
+"""Peer implementations (other frameworks) that the benchmark suites compare against."""
