@@ -14,7 +14,7 @@ def get_config(arg: str = ""):
     c = base_config()
     c.model_name = "em_capsnet"
     c.model.kind = "em_capsnet"
-    c.model.inverse_temperature = 0.01
+    c.model.update(conv_features=32, primary_types=8, caps1_types=16, caps2_types=16, inverse_temperature=0.01)
     c.data.name = "fashion_mnist"
     c.data.batch_size = 64
     c.optim.learning_rate = 3e-3
