@@ -231,7 +231,7 @@ def bench_zoo_step(model: str, batch: dict, args) -> tuple[dict, dict]:
 
     def loss_fn(params, b, key):
         del key
-        return capsule_task._loss_and_metrics(flax_model, config, params, b)
+        return capsule_task.loss_and_metrics(flax_model, config, params, b)
 
     # 600 steps per epoch: Fashion-MNIST's 60k images at batch 100 (only the decay schedule uses it).
     task = Task(init, capsule_task.make_optimizer(config, 600), loss_fn, None, None)

@@ -136,7 +136,7 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
 # --------------------------------------------------------------------------- #
 
 
-def _loss_and_metrics(model, config, params, batch):
+def loss_and_metrics(model, config, params, batch):
     images, labels = batch["images"], batch["labels"]
     kind = config.model.kind
     if kind == "capsnet":
@@ -179,7 +179,7 @@ def get_task(config: ml_collections.ConfigDict, workdir: Path) -> Task:
 
     def loss_fn(params, batch, key):
         del key  # no dropout or sampling in these models
-        return _loss_and_metrics(model, config, params, batch)
+        return loss_and_metrics(model, config, params, batch)
 
     def train_batches(start_step):
         step = start_step
