@@ -181,12 +181,15 @@ def get_task(config: ml_collections.ConfigDict, workdir: Path) -> Task:
         del key  # no dropout or sampling in these models
         return loss_and_metrics(model, config, params, batch)
 
+    @functools.lru_cache(maxsize=1)
+    def epoch_order(epoch):
+        return np.random.default_rng([config.seed, epoch]).permutation(len(train_labels))
+
     def train_batches(start_step):
         step = start_step
         while True:
             epoch, offset = divmod(step, steps_per_epoch)
-            order = np.random.default_rng([config.seed, epoch]).permutation(len(train_labels))
-            idx = order[offset * d.batch_size : (offset + 1) * d.batch_size]
+            idx = epoch_order(epoch)[offset * d.batch_size : (offset + 1) * d.batch_size]
             shift_rng = np.random.default_rng([config.seed, step, 1])
             batch = {
                 "images": to_float(random_shift(train_images[idx], d.shift, shift_rng)),

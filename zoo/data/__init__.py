@@ -8,12 +8,10 @@ one of :data:`DATASETS` (offline builders of our own, filled from registry packa
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import NamedTuple
 
-import tensorflow_datasets as tfds
-
+from zoo.data.sources import default_data_dir, open_source, read_all
 from zoo.data.tagging import MSRA_TAGS, SEG_TAGS, MsraNer, PeoplesDailySeg, decode_tokens, package_dir
 
 
@@ -44,10 +42,6 @@ DATASETS = {
 }  # fmt: skip
 
 
-def default_data_dir() -> Path:
-    return Path(os.environ.get("ZOO_DATA_DIR", Path.home() / ".cache" / "zoo" / "tensorflow_datasets"))
-
-
 def _spec(name: str) -> TaggingDataset:
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; known: {sorted(DATASETS)}")
@@ -65,16 +59,13 @@ def load(name: str, split: str, *, data_dir: str | Path | None = None, manual_di
       manual_dir: raw files to build from (default: inside the installed package).
     """
     spec = _spec(name)
-    data_dir = str(data_dir or default_data_dir())
     if spec.builder is None:
         import tensorflow_datasets.text  # noqa: F401  (registers text builders lazily without TF)
 
-        return tfds.data_source(name.removeprefix("tfds:"), split=split, data_dir=data_dir)
-    builder = spec.builder(data_dir=data_dir, file_format="array_record")
-    if not builder.is_prepared():
-        manual = Path(manual_dir) if manual_dir else package_dir(*spec.manual_dir)
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
-    return builder.as_data_source(split=split)
+    def raw_files():
+        return Path(manual_dir) if manual_dir else package_dir(*spec.manual_dir)
+
+    return open_source(name, spec.builder, split, data_dir, raw_files)
 
 
 def tag_names(source, name: str) -> list[str]:
@@ -86,10 +77,7 @@ def tag_names(source, name: str) -> list[str]:
 def read_examples(source, name: str) -> list[tuple[list[str], list[int]]]:
     """All examples of a source as ``(tokens, tag ids)`` pairs."""
     spec = _spec(name)
-    try:  # one batched read of the array_record files
-        examples = source.__getitems__(list(range(len(source)))) if len(source) else []
-    except TypeError:  # tfds.testing.mock_data patches the source without __getitems__
-        examples = [source[i] for i in range(len(source))]
+    examples = read_all(source)
     return [(decode_tokens(ex[spec.tokens_key]), [int(t) for t in ex[spec.tags_key]]) for ex in examples]
 
 

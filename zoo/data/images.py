@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
+from zoo.data.sources import open_source, read_all
 from zoo.data.tagging import package_dir
 
 
@@ -145,25 +146,11 @@ def load_images(name: str, split: str, *, data_dir: str | Path | None = None, li
     Our own builders are prepared on first use (a few seconds); ``limit`` > 0 keeps the
     first ``limit`` examples.
     """
-    from zoo.data import default_data_dir
-
     if name not in IMAGE_DATASETS:
         raise ValueError(f"unknown image data set {name!r}; known: {sorted(IMAGE_DATASETS)}")
     spec = IMAGE_DATASETS[name]
-    data_dir = str(data_dir or default_data_dir())
-    if spec.builder is None:
-        source = tfds.data_source(name.removeprefix("tfds:"), split=split, data_dir=data_dir)
-    else:
-        builder = spec.builder(data_dir=data_dir, file_format="array_record")
-        if not builder.is_prepared():
-            config = tfds.download.DownloadConfig(manual_dir=str(_manual_dir(name)))
-            builder.download_and_prepare(download_config=config)
-        source = builder.as_data_source(split=split)
-    n = len(source) if limit <= 0 else min(limit, len(source))
-    try:  # one batched read of the array_record files
-        examples = source.__getitems__(list(range(n))) if n else []
-    except TypeError:  # tfds.testing.mock_data patches the source without __getitems__
-        examples = [source[i] for i in range(n)]
+    source = open_source(name, spec.builder, split, data_dir, lambda: _manual_dir(name))
+    examples = read_all(source, limit)
     images = np.stack([np.asarray(ex[spec.image_key], np.uint8) for ex in examples])
     if images.ndim == 3:
         images = images[..., None]
