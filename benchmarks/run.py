@@ -13,6 +13,7 @@ import sys
 SUITES = {
     "crf": "benchmarks.bench_crf",
     "capsules": "benchmarks.bench_capsules",
+    "flows": "benchmarks.bench_flows",
 }
 
 

@@ -88,11 +88,11 @@ def _family(run_dir: Path) -> str:
 def _cmd_eval(args) -> int:
     from zoo.crf import task as crf_task
 
-    if _family(Path(args.run_dir)) == "capsules":
-        from zoo.capsules import task as capsule_task
+    if _family(Path(args.run_dir)) != "crf":
+        from zoo import registry
 
         try:
-            config, t, params, step = capsule_task.restore_run(Path(args.run_dir))
+            config, t, params, step = registry.restore_run(Path(args.run_dir))
         except FileNotFoundError as err:
             raise SystemExit(f"error: {err}") from None
         print(f"evaluating {config.model_name} at step {step} on the {config.data.name} test split")

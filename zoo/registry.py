@@ -39,6 +39,18 @@ MODELS = {
         "capsules", "zoo.capsules.configs.em_capsnet", "zoo.capsules.task", "fashion_mnist",
         "matrix capsules with EM routing, A=32 B=8 C=D=16, spread loss (post 5155)",
     ),
+    "nice": ModelSpec(
+        "flows", "zoo.flows.configs.nice", "zoo.flows.task", "fashion_mnist",
+        "NICE: 4 additive couplings, 5x1000 ReLU MLPs, diagonal scale (post 5776)",
+    ),
+    "realnvp": ModelSpec(
+        "flows", "zoo.flows.configs.realnvp", "zoo.flows.task", "fashion_mnist",
+        "RealNVP: channel-wise affine couplings, squeeze, multi-scale split priors (post 5807)",
+    ),
+    "glow": ModelSpec(
+        "flows", "zoo.flows.configs.glow", "zoo.flows.task", "fashion_mnist",
+        "Glow: actnorm, LU 1x1 conv, affine coupling, L levels x K steps (post 5807); variant author",
+    ),
 }  # fmt: skip
 
 DEFAULT_MODEL = "crf_ner"
@@ -52,3 +64,26 @@ def spec(name: str) -> ModelSpec:
 
 def get_task(config, workdir):
     return importlib.import_module(spec(config.model_name).task).get_task(config, workdir)
+
+
+def restore_run(run_dir):
+    """``(config, task, params, step)`` of a run directory's latest checkpoint, for the
+    families whose ``get_task`` is all a run needs (capsules, flows)."""
+    from pathlib import Path
+
+    import jax
+
+    from zoo.core import parallel
+    from zoo.core.checkpoint import Checkpointer
+    from zoo.core.config import read_config
+    from zoo.core.train import init_state
+
+    run_dir = Path(run_dir)
+    config = read_config(run_dir / "config.json")
+    checkpointer = Checkpointer(run_dir / "checkpoints")
+    if checkpointer.latest_step() is None:
+        raise FileNotFoundError(f"{run_dir} holds no checkpoint")
+    task = get_task(config, run_dir)
+    state = checkpointer.restore(init_state(task, jax.random.key(0), parallel.data_mesh(1)))
+    checkpointer.close()
+    return config, task, state.params, int(state.step)

@@ -261,17 +261,6 @@ def save_reconstructions(model, params, images: np.ndarray, path: Path):
 
 def restore_run(run_dir: Path):
     """``(config, task, params, step)`` of a run directory's latest checkpoint."""
-    from zoo.core import parallel
-    from zoo.core.checkpoint import Checkpointer
-    from zoo.core.config import read_config
-    from zoo.core.train import init_state
+    from zoo import registry
 
-    run_dir = Path(run_dir)
-    config = read_config(run_dir / "config.json")
-    checkpointer = Checkpointer(run_dir / "checkpoints")
-    if checkpointer.latest_step() is None:
-        raise FileNotFoundError(f"{run_dir} holds no checkpoint")
-    t = get_task(config, run_dir)
-    state = checkpointer.restore(init_state(t, jax.random.key(0), parallel.data_mesh(1)))
-    checkpointer.close()
-    return config, t, state.params, int(state.step)
+    return registry.restore_run(run_dir)
