@@ -22,7 +22,7 @@ SHAPE = (8, 8, 1)
 MODELS = {
     "glow": dict(actnorm="data", permutation="lu", coupling="affine"),
     "glow_slogdet_unrolled": dict(actnorm="data", permutation="conv1x1", coupling="affine", scan=False),
-    "realnvp": dict(actnorm="none", permutation="reverse", coupling="affine"),
+    "reverse_no_actnorm": dict(actnorm="none", permutation="reverse", coupling="affine"),
     "glow_author": dict(actnorm="zero", permutation="random", coupling="additive", final_actnorm=True, learn_top=False),
 }
 FIXED = ("perm", "sign_s", "permutation")  # held by stop_gradient: perturbing them breaks the bijection
@@ -213,7 +213,7 @@ def test_flows_train_evaluate_and_write_sample_grids(model, variant, tmp_path, m
 def test_configs_describe_the_three_models():
     assert nice.get_config("").model.kind == "nice"
     r = realnvp.get_config("").model
-    assert (r.actnorm, r.permutation, r.coupling) == ("none", "reverse", "affine")
+    assert (r.actnorm, r.permutation, r.coupling) == ("data", "reverse", "affine")
     g = glow.get_config("").model
     assert (g.actnorm, g.permutation, g.coupling) == ("data", "lu", "affine")
     a = glow.get_config("author").model

@@ -68,8 +68,8 @@ class MultiScaleFlow(FlowModel):
     Configurations (see ``zoo/flows/configs``):
 
     * Glow: ``actnorm="data"``, ``permutation="lu"``, ``coupling="affine"``.
-    * RealNVP (channel-wise, no checkerboard, as post 5807 describes it):
-      ``actnorm="none"``, ``permutation="reverse"``, ``coupling="affine"``.
+    * RealNVP (channel-wise, no checkerboard, as post 5807 describes it; actnorm stands in
+      for its batch norm): ``actnorm="data"``, ``permutation="reverse"``, ``coupling="affine"``.
     * The author's Keras Glow: ``actnorm="zero"``, ``permutation="random"``,
       ``coupling="additive"``, ``final_actnorm=True``, ``learn_top=False``.
     """
