@@ -10,7 +10,8 @@ Parts (``--parts``, default all but ``train``):
   log-dets agree (rel 1e-4) at the same weight.
 * ``step``: one full training step (dequantise, forward, bits/dim, backward, clip, Adam)
   of the zoo's Glow (``zoo/flows/configs/glow.py``: 2 levels × depth 8, width 128,
-  batch 64, 28×28×1) — exactly what ``zoo train glow`` runs — against normflows' Glow of
+  batch 64, 28×28×1) — the step function ``zoo train glow`` runs (``make_train_step`` on
+  the flow task's loss and optimizer; init from this random batch) — against normflows' Glow of
   the same levels, depth and width (``benchmarks/peers/flows_torch.py``). Both get the
   same random uint8 batch. Check: both losses finite; parameter counts reported.
 * ``compile``: lower + compile time of the Glow train-step gradient for one level of
@@ -21,7 +22,8 @@ Parts (``--parts``, default all but ``train``):
 
 Run: ``python -m benchmarks.run flows [--parts logdet,step,compile,train] [--train-steps
 1500] [--quick] [--out DIR]``. Writes ``benchmarks/results/flows-<platform>.jsonl`` and
-``.md`` (the ``train`` part to ``flows-train-<platform>.*``).
+``.md``; a run of ``--parts train`` alone writes ``flows-train-<platform>.*`` instead, so the
+long training comparison and the quick parts keep separate tables.
 """
 
 from __future__ import annotations

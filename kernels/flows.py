@@ -11,8 +11,9 @@ the inverse map, which is minus the forward one at the matching point. Images ar
   and the inverse uses two triangular solves instead of a general inverse.
   :func:`invertible_conv1x1_slogdet` is the plain-weight version (``slogdet`` per call,
   O(C³)), kept for comparison and benchmarks.
-* ``affine_coupling``: ``y2 = (x2 + shift)·sigmoid(raw + 2)`` (Glow's bounded scale: no
-  ``exp`` to overflow, and a scale of ~0.88 at a zero-initialised network);
+* ``affine_coupling``: ``y2 = (x2 + shift)·sigmoid(raw + 2)`` (Glow's bounded scale: the
+  forward scale is at most 1, ~0.88 at a zero-initialised network; the inverse multiplies
+  by ``1 + exp(−(raw + 2))``, with ``raw`` clipped at −60 so that stays finite);
   ``additive_coupling``: ``y2 = x2 + sign·shift`` (NICE; the author's sign is −1).
 * ``conditional_standardize``: ``eps = (z − mean)·exp(−log_std)`` — Glow's split2d prior
   and the author's CondActnorm are this one map with a standard normal after it.
@@ -241,11 +242,16 @@ def _check_pair(fn, x2, name, other):
         raise _error(fn, name, f"shape {tuple(jnp.shape(x2))} (that of x2)", f"shape {tuple(jnp.shape(other))}")
 
 
+_MIN_RAW_SCALE = -60.0
+
+
 def affine_coupling(x2, raw_scale, shift, *, inverse=False):
     """Glow's affine coupling on the transformed half: ``y2 = (x2 + shift)·sigmoid(raw + 2)``.
 
-    The scale lies in (0, 1), so nothing overflows; ``log_sigmoid`` keeps the log-det
-    finite when the scale underflows.
+    The forward scale lies in (0, 1); ``log_sigmoid`` keeps the log-det finite when it
+    underflows. The inverse divides by the scale, so ``raw`` is clipped below at
+    ``_MIN_RAW_SCALE`` (−60, a scale of e⁻⁵⁸): ``exp(58)`` is finite in float32, where an
+    untrained sampler could otherwise produce ``inf·0 = NaN``.
 
     Args:
       x2: ``[B, ...]``, the half being transformed; raw_scale, shift: same shape, computed
@@ -257,7 +263,7 @@ def affine_coupling(x2, raw_scale, shift, *, inverse=False):
     _check_features(fn, x2, "x2")
     _check_pair(fn, x2, "raw_scale", raw_scale)
     _check_pair(fn, x2, "shift", shift)
-    log_scale = jax.nn.log_sigmoid(raw_scale + 2.0)
+    log_scale = jax.nn.log_sigmoid(jnp.maximum(raw_scale, _MIN_RAW_SCALE) + 2.0)
     log_det = _sum_per_example(log_scale)
     if inverse:
         return x2 * jnp.exp(-log_scale) - shift, -log_det
@@ -265,7 +271,7 @@ def affine_coupling(x2, raw_scale, shift, *, inverse=False):
 
 
 def affine_coupling_reference(x2, raw_scale, shift, *, inverse=False):
-    scale = 1.0 / (1.0 + jnp.exp(-(raw_scale + 2.0)))
+    scale = 1.0 / (1.0 + jnp.exp(-(jnp.maximum(raw_scale, _MIN_RAW_SCALE) + 2.0)))
     log_det = jnp.sum(jnp.log(scale).reshape(x2.shape[0], -1), axis=1)
     if inverse:
         return x2 / scale - shift, -log_det
@@ -370,9 +376,12 @@ def dequantize(key, x_uint8, *, num_bins=256):
     """Uniform dequantisation: ``(x + u)/num_bins − 0.5`` with ``u ~ U[0, 1)``, in ``[−0.5, 0.5)``.
 
     The −0.5 shift has log-det 0; the ``1/num_bins`` scale is paid by :func:`bits_per_dim`.
+    ``u`` is capped at ``1 − 2⁻⁸``: in float32, ``x + u`` would round up to ``x + 1`` for
+    ``u`` within 2⁻¹⁷ of 1 at large ``x``, leaving the pixel's bin.
     """
     x = jnp.asarray(x_uint8, jnp.float32)
-    return (x + jax.random.uniform(key, x.shape)) / num_bins - 0.5
+    u = jnp.minimum(jax.random.uniform(key, x.shape), 1.0 - 2.0**-8)
+    return (x + u) / num_bins - 0.5
 
 
 def bits_per_dim(log_prob, num_dims, *, num_bins=256):

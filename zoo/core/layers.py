@@ -69,8 +69,8 @@ def cpu_conv(x, kernel, stride: int):
 
 class Conv(nn.Module):
     """``nn.Conv(features, (k, k), (s, s), padding)`` with the same parameters (``kernel
-    [k, k, C, F]``, ``bias [F]``), computed by :func:`im2col_conv` on CPU and by XLA's
-    native convolution on accelerators.
+    [k, k, C, F]``, ``bias [F]``), computed on CPU by :func:`cpu_conv` (im2col, or
+    shift-and-add when ``F < C``) and by XLA's native convolution on accelerators.
 
     Besides strided convolutions (see :func:`im2col_conv`), XLA:CPU runs convolutions
     inside a ``lax.scan``/``while`` body on a slow generic path: a Glow step of 3×3 convs

@@ -132,7 +132,8 @@ class Coupling(Bijector):
     """Channel-split coupling: the second half is transformed, conditioned on the first.
 
     ``kind="affine"``: RealNVP/Glow, ``y2 = (x2 + shift)·sigmoid(raw + 2)``;
-    ``kind="additive"``: NICE / the author's Glow, ``y2 = x2 + sign·shift``.
+    ``kind="additive"``: ``y2 = x2 + sign·shift`` (the author's Glow uses ``sign=+1``, which
+    is what :class:`FlowStep` builds; NICE's own couplings are in :class:`zoo.flows.model.NICE`).
     """
 
     width: int
@@ -190,7 +191,9 @@ class SplitPrior(Bijector):
 
 
 class LearnedPrior(Bijector):
-    """Glow's ``learntop``: a learned per-position mean and log-std for the top latent."""
+    """A learned prior for the top latent: a mean and log-std per position and channel
+    (``[H, W, C]``, zero at start). Glow's ``learntop`` computes them with a zero conv of a
+    zero input, i.e. per channel only; per position is a superset of that."""
 
     @nn.compact
     def __call__(self, z, inverse=False):

@@ -98,8 +98,10 @@ class MultiScaleFlow(FlowModel):
 
     def setup(self):
         h, w, _ = self.image_shape
+        if self.levels < 1:
+            raise ValueError(f"MultiScaleFlow: `levels` must be >= 1; got {self.levels}")
         side = 2**self.levels
-        if self.levels < 1 or h % side or w % side:
+        if h % side or w % side:
             raise ValueError(
                 f"MultiScaleFlow: `image_shape` {tuple(self.image_shape)} needs H and W divisible by "
                 f"2^levels = {side} (levels = {self.levels})"
