@@ -83,8 +83,11 @@ def test_bpd(model, params, images: np.ndarray, batch_size: int, noise_seed: int
 
 
 def to_uint8(x) -> np.ndarray:
-    """Model space ``[−0.5, 0.5)`` back to pixels."""
-    return np.clip(np.floor((np.asarray(x) + 0.5) * 256), 0, 255).astype(np.uint8)
+    """Model space ``[−0.5, 0.5)`` back to pixels. A sample can leave the data range far
+    enough to overflow on the way back (the inverse divides by coupling scales < 1, most
+    often at T = 1 early in training); such pixels are drawn black (NaN) or saturated."""
+    x = np.nan_to_num(np.asarray(x, np.float32), nan=-0.5, posinf=0.5, neginf=-0.5)
+    return np.clip(np.floor((x + 0.5) * 256), 0, 255).astype(np.uint8)
 
 
 def image_grid(images_uint8: np.ndarray, columns: int = 8) -> np.ndarray:
