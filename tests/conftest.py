@@ -6,7 +6,8 @@ import socket
 # XLA:CPU spends most of a test's time compiling (often 3-4x longer than running) at its
 # default LLVM optimisation level; level 0 compiles several times faster, and these tiny
 # shapes run no slower to speak of. Must be set before the CPU backend starts.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
