@@ -78,3 +78,9 @@ def save_config(config: ml_collections.ConfigDict, path: Path) -> None:
 
 def read_config(path: Path) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.loads(Path(path).read_text()))
+
+
+def check_variant(name: str, arg: str, known=("", "smoke")):
+    """Raises a ValueError naming the config and its known variants for an unknown ``arg``."""
+    if arg not in known:
+        raise ValueError(f"{name} config: unknown variant {arg!r}; use one of {list(known)}")

@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from zoo.core.config import check_variant  # noqa: F401  (re-exported for the config files)
+
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -40,8 +42,3 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.train.log_every = 2
     c.train.ckpt_every = 2
     return c
-
-
-def check_variant(name: str, arg: str, known=("", "smoke")):
-    if arg not in known:
-        raise ValueError(f"{name} config: unknown variant {arg!r}; use one of {list(known)}")
