@@ -18,7 +18,8 @@ Parts (``--parts``, default all but ``train``):
   depth K ∈ {1, 2, 4, 8, 16, 32}, steps under ``nn.scan`` (the default) and unrolled.
 * ``train`` (long; not in the default set): the zoo's Glow and normflows' Glow trained
   side by side on Fashion-MNIST for ``--train-steps`` steps each (same data, batch,
-  levels, depth, width, learning rate); test bits/dim and median step time.
+  levels, depth, width and optimiser: Adam at the config's learning rate with its linear
+  warm-up and global-norm clipping); test bits/dim and median step time.
 
 Run: ``python -m benchmarks.run flows [--parts logdet,step,compile,train] [--train-steps
 1500] [--quick] [--out DIR]``. Writes ``benchmarks/results/flows-<platform>.jsonl`` and
@@ -241,6 +242,7 @@ def bench_train(args, torch_ok: bool) -> list[dict]:
         t0 = time.perf_counter()
         r = flows_torch.train(train_images, test_images, levels=args.levels, depth=args.depth, width=args.width,
                               batch_size=args.batch, num_steps=args.train_steps, learning_rate=config.optim.learning_rate,
+                              warmup_steps=config.optim.warmup_steps, grad_clip=config.optim.grad_clip,
                               seed=config.seed)  # fmt: skip
         records.append({"section": "train", "task": zoo["task"], "impl": "normflows-torch", "test_bpd": r["test_bpd"],
                         "median_ms": 1e3 * r["step_time_s_median"], "wall_s": time.perf_counter() - t0,

@@ -169,14 +169,27 @@ def init_actnorm(model: nf.MultiscaleFlow, images_uint8: np.ndarray, rng: np.ran
 # --------------------------------------------------------------------------- #
 
 
-def train_step_fn(model: nf.MultiscaleFlow, optimizer: torch.optim.Optimizer) -> Callable[[torch.Tensor], float]:
-    """A callable doing one optimiser step on a dequantised batch ``y [B, C, H, W]``; returns its bits/dim."""
+def train_step_fn(
+    model: nf.MultiscaleFlow,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    grad_clip: float | None = None,
+) -> Callable[[torch.Tensor], float]:
+    """A callable doing one optimiser step on a dequantised batch ``y [B, C, H, W]``; returns its bits/dim.
+
+    ``grad_clip`` clips the global gradient norm (as ``optax.clip_by_global_norm``) before the
+    update; ``scheduler`` is stepped after it.
+    """
 
     def step(y: torch.Tensor) -> float:
         optimizer.zero_grad(set_to_none=True)
         loss = bpd_loss(model, y)
         loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         return loss.item()
 
     return step
@@ -202,6 +215,8 @@ def train(
     batch_size: int,
     num_steps: int,
     learning_rate: float = 1e-3,
+    warmup_steps: int = 0,
+    grad_clip: float | None = None,
     seed: int = 0,
     log_every: int = 0,
 ) -> dict:
@@ -219,7 +234,10 @@ def train(
     rng = np.random.default_rng(seed)
     init_actnorm(model, train_uint8[rng.permutation(len(train_uint8))[:_INIT_BATCH]], rng)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-    step = train_step_fn(model, optimizer)
+    scheduler = None
+    if warmup_steps > 0:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: min(t / warmup_steps, 1.0))
+    step = train_step_fn(model, optimizer, scheduler, grad_clip)
     batches = _batches(len(train_uint8), batch_size, rng)
     times, loss = [], float("nan")
     for i in range(num_steps):
