@@ -14,6 +14,7 @@ SUITES = {
     "crf": "benchmarks.bench_crf",
     "capsules": "benchmarks.bench_capsules",
     "flows": "benchmarks.bench_flows",
+    "gan": "benchmarks.bench_gan",
 }
 
 

@@ -51,6 +51,14 @@ MODELS = {
         "flows", "zoo.flows.configs.glow", "zoo.flows.task", "fashion_mnist",
         "Glow: actnorm, LU 1x1 conv, affine coupling, L levels x K steps (post 5807); variant author",
     ),
+    "dcgan": ModelSpec(
+        "gan", "zoo.gan.configs.dcgan", "zoo.gan.task", "fashion_mnist",
+        "DCGAN 28x28 (variant size64), any loss of zoo.gan.losses, alternating or single-loss updates (posts 9, 30-33)",
+    ),
+    "mlp_gan": ModelSpec(
+        "gan", "zoo.gan.configs.mlp_gan", "zoo.gan.task", "mnist_5k",
+        "the author's MLP WGAN with his one-sided unsquared gradient penalty, 5 critic steps (post 20)",
+    ),
 }  # fmt: skip
 
 DEFAULT_MODEL = "crf_ner"
@@ -67,8 +75,9 @@ def get_task(config, workdir):
 
 
 def restore_run(run_dir):
-    """``(config, task, params, step)`` of a run directory's latest checkpoint, for the
-    families whose ``get_task`` is all a run needs (capsules, flows)."""
+    """``(config, task, variables, step)`` of a run directory's latest checkpoint, for the
+    families whose ``get_task`` is all a run needs (capsules, flows, GANs); ``variables``
+    is what ``task.evaluate`` takes (the params, unless the task says otherwise)."""
     from pathlib import Path
 
     import jax
@@ -76,7 +85,7 @@ def restore_run(run_dir):
     from zoo.core import parallel
     from zoo.core.checkpoint import Checkpointer
     from zoo.core.config import read_config
-    from zoo.core.train import init_state
+    from zoo.core.train import eval_variables, init_state
 
     run_dir = Path(run_dir)
     config = read_config(run_dir / "config.json")
@@ -86,4 +95,4 @@ def restore_run(run_dir):
     task = get_task(config, run_dir)
     state = checkpointer.restore(init_state(task, jax.random.key(0), parallel.data_mesh(1)))
     checkpointer.close()
-    return config, task, state.params, int(state.step)
+    return config, task, eval_variables(task, state), int(state.step)

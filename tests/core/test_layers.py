@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from zoo.core.layers import Conv, shift_add_conv
+from zoo.core.layers import Conv, ConvTranspose, col2im_conv_transpose, native_conv_transpose, shift_add_conv
 
 
 def native(x, kernel, padding="VALID"):
@@ -38,7 +38,53 @@ def test_same_conv_matches_flax_conv_with_the_same_parameters(rng, c, f):
 
 def test_conv_rejects_unsupported_padding():
     x = jnp.zeros((1, 4, 4, 2))
-    with pytest.raises(ValueError, match="`padding` must be 'VALID' or 'SAME'; got 'FULL'"):
+    with pytest.raises(ValueError, match="`padding` must be 'VALID', 'SAME' or an int >= 0; got 'FULL'"):
         Conv(2, 3, padding="FULL").init(jax.random.key(0), x)
     with pytest.raises(ValueError, match="'SAME' needs stride 1 and an odd kernel; got stride 2, kernel 3"):
         Conv(2, 3, stride=2, padding="SAME").init(jax.random.key(0), x)
+
+
+def test_int_padding_strided_conv_matches_flax_conv(rng):
+    x = rng.normal(size=(2, 8, 6, 3)).astype(np.float32)
+    ours, theirs = Conv(5, 4, stride=2, padding=1), nn.Conv(5, (4, 4), (2, 2), padding=((1, 1), (1, 1)))
+    variables = theirs.init(jax.random.key(0), x)
+    got = ours.apply(variables, x)
+    assert got.shape == (2, 4, 3, 5)
+    np.testing.assert_allclose(got, theirs.apply(variables, x), rtol=1e-5, atol=1e-4)
+
+
+def scatter_conv_transpose(x, kernel, s, p):
+    """The definition, written as loops: every input pixel scatters ``x · kernel`` taps."""
+    b, h, w, _ = x.shape
+    k, f = kernel.shape[0], kernel.shape[-1]
+    full = np.zeros((b, (h - 1) * s + k, (w - 1) * s + k, f))
+    for i in range(h):
+        for j in range(w):
+            for dy in range(k):
+                for dx in range(k):
+                    full[:, s * i + dy, s * j + dx] += x[:, i, j] @ kernel[dy, dx]
+    return full[:, p : full.shape[1] - p, p : full.shape[2] - p]
+
+
+@pytest.mark.parametrize("k,s,p,h,w", [(4, 2, 1, 3, 4), (4, 2, 0, 2, 2), (3, 1, 1, 3, 3), (6, 3, 2, 2, 3)])
+def test_conv_transpose_paths_equal_the_scatter_definition(rng, k, s, p, h, w):
+    x = rng.normal(size=(2, h, w, 3)).astype(np.float32)
+    kernel = rng.normal(size=(k, k, 3, 2)).astype(np.float32)
+    want = scatter_conv_transpose(x.astype(np.float64), kernel.astype(np.float64), s, p)
+    for fn in (col2im_conv_transpose, native_conv_transpose):
+        np.testing.assert_allclose(fn(x, kernel, s, p), want, rtol=1e-5, atol=1e-4, err_msg=fn.__name__)
+    probe = rng.normal(size=want.shape).astype(np.float32)
+    grads = [jax.grad(lambda a, b, fn=fn: jnp.sum(fn(a, b, s, p) * probe), argnums=(0, 1))(x, kernel)
+             for fn in (col2im_conv_transpose, native_conv_transpose)]  # fmt: skip
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
+def test_conv_transpose_module_doubles_the_side_and_checks_its_arguments():
+    x = jnp.zeros((1, 7, 7, 4))
+    variables = ConvTranspose(2, 4, stride=2, padding=1).init(jax.random.key(0), x)
+    assert ConvTranspose(2, 4, stride=2, padding=1).apply(variables, x).shape == (1, 14, 14, 2)
+    with pytest.raises(ValueError, match="`kernel_size` must be a multiple of `stride`; got kernel 3, stride 2"):
+        ConvTranspose(2, 3, stride=2).init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match=r"`padding` must be in \[0, 4\); got 4"):
+        ConvTranspose(2, 4, stride=2, padding=4).init(jax.random.key(0), x)

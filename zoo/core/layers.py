@@ -77,8 +77,9 @@ class Conv(nn.Module):
     scanned over depth 8 took 11.8 s per train step natively and 0.8 s unrolled; as one
     matmul each the scanned body runs at matmul speed.
 
-    ``padding``: ``"VALID"``, or ``"SAME"`` (stride 1 only: ``(k − 1)/2`` zeros each side,
-    odd ``k``).
+    ``padding``: ``"VALID"``; ``"SAME"`` (stride 1 only: ``(k − 1)/2`` zeros each side,
+    odd ``k``); or an int ``p``: ``p`` zeros on each side, any stride (PyTorch's
+    ``Conv2d(padding=p)``; DCGAN's 4×4 stride-2 convolutions use ``p = 1``).
     """
 
     features: int
@@ -91,13 +92,15 @@ class Conv(nn.Module):
     @nn.compact
     def __call__(self, x):
         k, c = self.kernel_size, x.shape[-1]
-        if self.padding not in ("VALID", "SAME"):
-            raise ValueError(f"Conv: `padding` must be 'VALID' or 'SAME'; got {self.padding!r}")
+        is_int = isinstance(self.padding, int) and not isinstance(self.padding, bool)
+        if not (self.padding in ("VALID", "SAME") or (is_int and self.padding >= 0)):
+            raise ValueError(f"Conv: `padding` must be 'VALID', 'SAME' or an int >= 0; got {self.padding!r}")
         if self.padding == "SAME" and (self.stride != 1 or k % 2 == 0):
             raise ValueError(f"Conv: 'SAME' needs stride 1 and an odd kernel; got stride {self.stride}, kernel {k}")
         kernel = self.param("kernel", self.kernel_init, (k, k, c, self.features))
-        if self.padding == "SAME" and k > 1:
-            x = jnp.pad(x, ((0, 0), ((k - 1) // 2,) * 2, ((k - 1) // 2,) * 2, (0, 0)))
+        pad = self.padding if is_int else (k - 1) // 2 if self.padding == "SAME" else 0
+        if pad:
+            x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
         if jax.default_backend() == "cpu":
             y = cpu_conv(x, kernel, self.stride)
         else:
@@ -109,3 +112,80 @@ class Conv(nn.Module):
 
 class ValidConv(Conv):
     """:class:`Conv` with ``padding="VALID"`` (the capsule models' convolutions)."""
+
+
+def col2im_conv_transpose(x, kernel, stride: int, padding: int):
+    """A transposed convolution (PyTorch ``ConvTranspose2d(k, stride=s, padding=p)``) as
+    one matmul to ``k²·F`` channels followed by shifted sums, one per output phase.
+
+    Definition (the gradient of a strided convolution, scatter form):
+    ``out[b, s·i + dy − p, s·j + dx − p, f] += Σ_c x[b, i, j, c] · kernel[dy, dx, c, f]``.
+    Why: it does exactly the useful ``k²·C·F`` multiply-adds per input pixel as one large
+    matmul; the zero-dilated convolution XLA lowers a transposed convolution to spends
+    ``1 − 1/s²`` of its work on inserted zeros, on XLA:CPU's slower convolution path.
+
+    Args:
+      x: ``[B, H, W, C]``; kernel: ``[k, k, C, F]`` with ``k`` a multiple of ``s``.
+      stride: s >= 1; padding: 0 <= p < k, cropped from each side of the full output.
+    Returns:
+      ``[B, (H − 1)·s + k − 2p, (W − 1)·s + k − 2p, F]``.
+    """
+    b, h, w, c = x.shape
+    k, f = kernel.shape[0], kernel.shape[-1]
+    s, t = stride, kernel.shape[0] // stride  # tap dy = s·a + r feeds output row s·(i + a) + r
+    z = (x.reshape(-1, c) @ kernel.transpose(2, 0, 1, 3).reshape(c, k * k * f)).reshape(b, h, w, k, k, f)
+    phases = []
+    for ry in range(s):
+        row = []
+        for rx in range(s):
+            acc = jnp.zeros((b, h + t - 1, w + t - 1, f), z.dtype)
+            for a in range(t):
+                for a2 in range(t):
+                    tap = z[:, :, :, s * a + ry, s * a2 + rx]
+                    acc = acc + jnp.pad(tap, ((0, 0), (a, t - 1 - a), (a2, t - 1 - a2), (0, 0)))
+            row.append(acc)
+        phases.append(jnp.stack(row, axis=3))  # [B, H', W', s(rx), F]
+    full = jnp.stack(phases, axis=2)  # [B, H', s(ry), W', s(rx), F]
+    full = full.reshape(b, (h + t - 1) * s, (w + t - 1) * s, f)
+    out_h, out_w = (h - 1) * s + k - 2 * padding, (w - 1) * s + k - 2 * padding
+    return full[:, padding : padding + out_h, padding : padding + out_w]
+
+
+def native_conv_transpose(x, kernel, stride: int, padding: int):
+    """:func:`col2im_conv_transpose` by XLA's convolution: a stride-1 convolution of the
+    ``s``-dilated input with the spatially flipped kernel, ``k − 1 − p`` zeros each side."""
+    k = kernel.shape[0]
+    edge = k - 1 - padding
+    return lax.conv_general_dilated(
+        x, kernel[::-1, ::-1], (1, 1), [(edge, edge)] * 2, lhs_dilation=(stride, stride), dimension_numbers=_DIMS
+    )
+
+
+class ConvTranspose(nn.Module):
+    """A transposed convolution with PyTorch's ``ConvTranspose2d(C, F, k, stride, padding)``
+    geometry (output side ``(H − 1)·s + k − 2p``; DCGAN's ``k = 4, s = 2, p = 1`` doubles
+    it). Parameters ``kernel [k, k, C, F]`` (tap ``[dy, dx]`` scatters input pixel ``(i, j)``
+    to output ``(s·i + dy − p, s·j + dx − p)``) and ``bias [F]``. CPU runs
+    :func:`col2im_conv_transpose`; accelerators the native :func:`native_conv_transpose`.
+    """
+
+    features: int
+    kernel_size: int
+    stride: int = 2
+    padding: int = 0
+    use_bias: bool = True
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x):
+        k, s, p = self.kernel_size, self.stride, self.padding
+        if s < 1 or k % s:
+            raise ValueError(f"ConvTranspose: `kernel_size` must be a multiple of `stride`; got kernel {k}, stride {s}")
+        if not 0 <= p < k:
+            raise ValueError(f"ConvTranspose: `padding` must be in [0, {k}); got {p}")
+        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features))
+        conv = col2im_conv_transpose if jax.default_backend() == "cpu" else native_conv_transpose
+        y = conv(x, kernel, s, p)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,))
+        return y

@@ -46,20 +46,37 @@ class Task(NamedTuple):
       train_batches: ``train_batches(start_step) -> iterator of batches``; batch ``i`` of
         the iterator must be the batch of step ``start_step + i`` (this is what makes
         resumption exact).
-      evaluate: ``evaluate(params) -> dict of floats`` on the held-out split.
+      evaluate: ``evaluate(variables) -> dict of floats`` on the held-out split, where
+        ``variables`` is ``eval_variables(state)`` (by default ``state.params``).
+      init_model_state: optional ``init_model_state(key) -> model_state`` (same key as
+        ``init``): non-trainable variables such as BatchNorm statistics or a weight EMA.
+      update: optional ``update(state, batch, key) -> (state, metrics)``, a family's own
+        pure update replacing the default one-``value_and_grad`` step (GANs: alternating
+        player updates). It gets the step key, returns metrics holding ``"loss"``, and must
+        advance ``state.step`` by one; the loop jits it with the same shardings and donation.
+      eval_variables: optional ``eval_variables(state) -> variables`` for ``evaluate``.
     """
 
     init: Callable[[jax.Array], Params]
     optimizer: optax.GradientTransformation
-    loss_fn: Callable[[Params, Batch, jax.Array], tuple[jax.Array, Metrics]]
+    loss_fn: Callable[[Params, Batch, jax.Array], tuple[jax.Array, Metrics]] | None
     train_batches: Callable[[int], Iterator[Batch]]
-    evaluate: Callable[[Params], dict[str, float]]
+    evaluate: Callable[[Any], dict[str, float]]
+    init_model_state: Callable[[jax.Array], Any] | None = None
+    update: Callable[..., tuple[Any, Metrics]] | None = None
+    eval_variables: Callable[[Any], Any] | None = None
 
 
 class TrainState(NamedTuple):
     step: jax.Array  # int32 scalar: number of updates applied
     params: Params
     opt_state: optax.OptState
+    model_state: Any = None  # non-trainable variables (Task.init_model_state), or None
+
+
+def eval_variables(task: Task, state: TrainState):
+    """What ``task.evaluate`` takes: ``task.eval_variables(state)``, or the params."""
+    return state.params if task.eval_variables is None else task.eval_variables(state)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -70,11 +87,14 @@ def make_train_step(task: Task, mesh, *, inject_nan_at_step: int = -1):
     """Returns ``train_step(state, batch, loop_key) -> (state, metrics)``, jitted, state donated.
 
     ``inject_nan_at_step`` (>= 0) poisons the loss and gradients of that step: a fault
-    injection hook used by the tests of the NaN guard, off by default.
+    injection hook used by the tests of the NaN guard, off by default (and not applied to
+    a task's own ``update``).
     """
 
     def train_step(state: TrainState, batch: Batch, loop_key: jax.Array):
         key = jax.random.fold_in(loop_key, state.step)
+        if task.update is not None:
+            return task.update(state, batch, key)
         (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(
             state.params, batch, key
         )
@@ -85,7 +105,7 @@ def make_train_step(task: Task, mesh, *, inject_nan_at_step: int = -1):
         updates, opt_state = task.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, **metrics}
-        return TrainState(state.step + 1, params, opt_state), metrics
+        return TrainState(state.step + 1, params, opt_state, state.model_state), metrics
 
     replicated = parallel.replicated(mesh)
     return jax.jit(
@@ -98,7 +118,8 @@ def make_train_step(task: Task, mesh, *, inject_nan_at_step: int = -1):
 
 def init_state(task: Task, key: jax.Array, mesh) -> TrainState:
     params = task.init(key)
-    state = TrainState(jnp.zeros((), jnp.int32), params, task.optimizer.init(params))
+    model_state = None if task.init_model_state is None else task.init_model_state(key)
+    state = TrainState(jnp.zeros((), jnp.int32), params, task.optimizer.init(params), model_state)
     return jax.device_put(state, parallel.replicated(mesh))
 
 
@@ -175,14 +196,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, t
             progress.set_postfix(loss=f"{means['loss']:.4f}")
             pending, window_start, window_time = [], done, time.perf_counter()
         if train_cfg.eval_every and done % train_cfg.eval_every == 0 and not is_last:
-            eval_metrics = task.evaluate(state.params)
+            eval_metrics = task.evaluate(eval_variables(task, state))
             writer.write(done, "eval", eval_metrics)
         if should_ckpt:
             checkpointer.save(done, state)
     progress.close()
 
     # ---- final evaluation -------------------------------------------------------------
-    eval_metrics = task.evaluate(state.params)
+    eval_metrics = task.evaluate(eval_variables(task, state))
     writer.write(int(state.step), "eval", eval_metrics)
     writer.plot()
     checkpointer.close()

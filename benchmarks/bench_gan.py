@@ -1,0 +1,287 @@
+"""GANs: the single-loss step against the alternating 1:1 step, the DCGAN train step
+against a plain PyTorch DCGAN, and (long) the loss × update table of classifier FIDs.
+
+Parts (``--parts``, default ``step,peer``):
+
+* ``step``: one DCGAN 28×28 train step (batch 64, ``--loss``, default hinge as in post
+  33) in both update modes, the step ``zoo train dcgan`` runs (``make_train_step`` on
+  :func:`zoo.gan.train.make_update`): median time, and XLA's buffer sizes of the compiled
+  step (``memory_analysis``: temporaries + arguments + outputs, the static peak).
+* ``peer``: the same DCGAN, non-saturating loss, alternating 1:1, Adam(2e-4, β₁ 0.5), as
+  images/s against ``benchmarks/peers/gan_torch.py`` (PyTorch eager, same architecture
+  and parameter count) in the same process.
+* ``table`` (long; not in the default set): ``zoo train dcgan`` for ``--train-steps`` steps
+  per loss in ``--losses`` × {alternating, single}, then classifier FID
+  (:mod:`zoo.gan.evaluation`) of the raw and the EMA generator on ``--fid-samples``
+  samples, plus the real-data floor; sample grids under ``docs/gan/table/``.
+
+Run: ``python -m benchmarks.run gan [--parts step,peer,table] [--quick] [--out DIR]``.
+Writes ``benchmarks/results/gan-<platform>.{jsonl,md}``; ``--parts table`` alone writes
+``gan-table-<platform>.*``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+from benchmarks import harness
+
+RESULTS_DIR = pathlib.Path(__file__).parent / "results"
+DOCS_DIR = pathlib.Path(__file__).parent.parent / "docs" / "gan" / "table"
+PARTS = ("step", "peer", "table")
+DEFAULT_PARTS = ("step", "peer")
+TABLE_LOSSES = (
+    "gan", "gan_saturating", "hinge", "lsgan", "wgan", "f_kl", "f_reverse_kl", "f_pearson", "f_neyman",
+    "f_hellinger", "f_js", "f_tv", "rsgan", "rasgan",
+)  # fmt: skip
+
+
+def _config(args, loss: str, mode: str):
+    from zoo.gan.configs import dcgan
+
+    c = dcgan.get_config("")
+    c.data.batch_size = args.batch
+    c.gan.update(loss=loss, update_mode=mode)
+    if loss == "wgan":  # WGAN needs its Lipschitz constraint: the paper's gradient penalty
+        c.gan.penalty = "wgan_gp"
+    if args.quick:
+        c.model.update(g_width=8, d_width=8)
+    return c
+
+
+def zoo_gan_step(config, images_uint8: np.ndarray):
+    """``(compiled step, state, device batch, loop key, num_params)`` of ``zoo train``."""
+    from zoo.core import parallel
+    from zoo.core.train import Task, init_state, make_train_step
+    from zoo.gan import task as gan_task
+    from zoo.gan.train import init_variables, make_update
+
+    (generator, discriminator), players, spec, tx = gan_task.build(config)
+    m = config.model
+    shape = (m.image_size, m.image_size, m.channels)
+    params, model_state = init_variables((generator, discriminator), jax.random.key(0), shape, m.z_dim)
+    update = make_update(spec, tx)
+    task = Task(
+        lambda key: params, tx, None, None, None, init_model_state=lambda key: model_state,
+        update=lambda state, batch, key: update(state, {"images": gan_task.to_model_range(batch["images"])}, key),
+    )  # fmt: skip
+    mesh = parallel.data_mesh(1)
+    state = init_state(task, jax.random.key(0), mesh)
+    batch = parallel.shard_batch({"images": images_uint8}, mesh)
+    step = make_train_step(task, mesh)
+    n_params = sum(int(np.size(x)) for x in jax.tree.leaves(state.params))
+    return step, state, batch, jax.random.key(1), n_params
+
+
+def _time_step(config, images, args) -> dict:
+    step, state, batch, key, n_params = zoo_gan_step(config, images)
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch, key).compile()
+    compile_ms = (time.perf_counter() - t0) * 1e3
+    mem = compiled.memory_analysis()
+    holder = {"state": state}
+
+    def call():
+        holder["state"], metrics = compiled(holder["state"], batch, key)
+        return jax.block_until_ready(metrics)
+
+    with harness.OtherCpuLoad() as load:
+        r = harness.time_callable(call, warmup=args.warmup, repeats=args.repeats)
+    loss = float(r.pop("output")["loss"])
+    return {**r, "compile_ms": compile_ms, "num_params": n_params, "check_ok": bool(np.isfinite(loss)),
+            "temp_mb": mem.temp_size_in_bytes / 2**20 if mem else None,
+            "peak_mb": (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes) / 2**20 if mem else None,
+            "other_cpu_cores": load.cores}  # fmt: skip
+
+
+def _images(args, n: int) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, size=(n, 28, 28, 1), dtype=np.uint8)
+
+
+def bench_step(args) -> list[dict]:
+    records = []
+    for mode in ("alternating", "single"):
+        r = _time_step(_config(args, args.loss, mode), _images(args, args.batch), args)
+        records.append({"section": "step", "task": f"dcgan 28x28 {args.loss} step", "impl": f"zoo-jax {mode}",
+                        "batch": args.batch, **r})  # fmt: skip
+    base = records[0]["median_ms"]
+    for rec in records:
+        rec["time_vs_alternating"] = rec["median_ms"] / base
+    print("step: " + "; ".join(f"{r['impl']} {r['median_ms']:.1f} ms" for r in records), flush=True)
+    return records
+
+
+def bench_peer(args, torch_ok: bool) -> list[dict]:
+    config = _config(args, "gan", "alternating")
+    zoo = {"section": "peer", "task": "dcgan 28x28 gan alternating 1:1", "impl": "zoo-jax", "batch": args.batch,
+           **_time_step(config, _images(args, args.batch), args)}  # fmt: skip
+    records = [zoo]
+    if torch_ok and not args.quick:
+        from benchmarks.peers import gan_torch
+
+        with harness.OtherCpuLoad() as load:
+            times = gan_torch.time_train_step(28, 1, batch_size=args.batch, repeats=args.repeats, warmup=args.warmup)
+        g, d = gan_torch.build_dcgan(28, 1)
+        records.append({"section": "peer", "task": zoo["task"], "impl": "pytorch-eager", "batch": args.batch,
+                        **harness.summarize(times), "num_params": gan_torch.num_params(g) + gan_torch.num_params(d),
+                        "check_ok": True, "other_cpu_cores": load.cores})  # fmt: skip
+    for rec in records:
+        rec["images_per_s"] = args.batch / (rec["median_ms"] / 1e3)
+        rec["speedup_vs_peer"] = records[-1]["median_ms"] / rec["median_ms"] if len(records) > 1 else None
+    print("peer: " + "; ".join(f"{r['impl']} {r['images_per_s']:.0f} images/s" for r in records), flush=True)
+    return records
+
+
+def bench_table(args) -> list[dict]:
+    from zoo.core.train import train_and_evaluate
+    from zoo.gan import evaluation
+    from zoo.gan.task import load_train_images
+
+    records = []
+    losses = [s for s in args.losses.split(",") if s]
+    grids = args.out_grids
+    grids.mkdir(parents=True, exist_ok=True)
+    floor = None
+    for loss in losses:
+        for mode in ("alternating", "single"):
+            config = _config(args, loss, mode)
+            config.train.update(num_steps=args.train_steps, progress=False, log_every=100, ckpt_every=args.train_steps)
+            config.eval.update(num_samples=args.fid_samples)
+            if args.quick:
+                config.data.train_limit, config.eval.reference_steps = 256, 20
+                config.eval.update(reference_train_limit=500, reference_test_limit=200, batch_size=50)
+            workdir = pathlib.Path(tempfile.mkdtemp(prefix="gan-bench-table-"))
+            t0 = time.perf_counter()
+            try:
+                _, ev = train_and_evaluate(config, workdir)
+                ok = all(np.isfinite(v) for v in ev.values())
+            except Exception as err:  # a diverged loss is a result, not a crash of the table
+                ev, ok = {"error": f"{type(err).__name__}: {err}"[:200]}, False
+            wall = time.perf_counter() - t0
+            for suffix in ("", "_ema"):
+                src = workdir / f"samples{suffix}.png"
+                if src.exists():
+                    shutil.copy(src, grids / f"{loss}-{mode}{suffix}.png")
+            lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()] if (workdir / "metrics.jsonl").exists() else []
+            rates = [x["steps_per_sec"] for x in lines if x["split"] == "train" and "steps_per_sec" in x][1:]
+            records.append({"section": "table", "loss": loss, "update": mode, **ev, "wall_s": wall,
+                            "ms_per_step": 1e3 / float(np.median(rates)) if rates else None, "check_ok": ok})  # fmt: skip
+            print(f"table: {loss} {mode}: {ev}", flush=True)
+            if floor is None:
+                reference = evaluation.get_reference(config.data.name, steps=config.eval.reference_steps,
+                                                     train_limit=config.eval.reference_train_limit,
+                                                     test_limit=config.eval.reference_test_limit)  # fmt: skip
+                images, _ = load_train_images(config)
+                pick = np.random.default_rng(0).permutation(len(images))[: args.fid_samples]
+                floor = evaluation.real_data_fid(reference, images[pick])
+                records.append({"section": "table", "loss": "real train images", "update": "-", "fid_classifier": floor,
+                                "test_accuracy": reference.test_accuracy, "check_ok": True})  # fmt: skip
+    return records
+
+
+def write_markdown(path: pathlib.Path, env: dict, command: str, records: list[dict], notes: list[str], args):
+    from zoo.gan.evaluation import metric_names
+
+    fid_name = metric_names("fashion_mnist")["fid_classifier"]
+    sections = {
+        "step": ("Single-loss step vs alternating 1:1 step (DCGAN 28x28)", [
+            "task", "impl", "batch", "median_ms", "p90_ms", "compile_ms", ("time_vs_alternating", "time / alternating"),
+            ("peak_mb", "XLA peak MB"), ("temp_mb", "XLA temp MB"), "num_params", "check_ok", ("other_cpu_cores", "other cores")]),
+        "peer": ("DCGAN train step vs PyTorch eager", [
+            "task", "impl", "batch", "median_ms", "p90_ms", ("images_per_s", "images/s"),
+            ("speedup_vs_peer", "speed-up vs peer"), "num_params", "check_ok", ("other_cpu_cores", "other cores")]),
+        "table": (f"Loss x update: {fid_name} after {args.train_steps} steps ({args.fid_samples} samples)", [
+            "loss", "update", ("fid_classifier", "FID"), ("fid_classifier_ema", "FID (EMA G)"),
+            ("classifier_score", "score"), ("classifier_score_ema", "score (EMA G)"), ("ms_per_step", "ms/step"), "check_ok"]),
+    }  # fmt: skip
+    out = ["# GAN benchmark", "", f"- command: `{command}`",
+           f"- device: {env['device_kind']} ({env['platform']}), {env['cpu_count']} CPUs, {env['machine']}, Python {env['python']}",
+           "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
+           f"- git revision: {env['git_rev']}; torch threads: {env.get('torch_threads')}; 1-min load average "
+           f"{env['load_avg_1m']} at start, {env.get('load_avg_1m_end')} at end",
+           "- protocol: median and p90 of timed calls after warm-up; JAX calls end in block_until_ready; compile "
+           "time measured separately; 'speed-up vs peer' > 1 means the zoo is that many times faster.", ""]  # fmt: skip
+    for key, (title, cols) in sections.items():
+        rows = [r for r in records if r["section"] == key]
+        if rows:
+            out += [f"## {title}", "", harness.markdown_table(rows, cols), ""]
+    if notes:
+        out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    path.write_text("\n".join(out))
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run gan", description=__doc__.split("\n\n")[0])
+    p.add_argument("--parts", default=",".join(DEFAULT_PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--loss", default="hinge", help="the loss of the step part")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--losses", default=",".join(TABLE_LOSSES), help="the table part's losses")
+    p.add_argument("--train-steps", type=int, default=1000)
+    p.add_argument("--fid-samples", type=int, default=5000)
+    p.add_argument("--quick", action="store_true", help="tiny widths, 2 repeats, no peer; a temporary folder unless --out")
+    p.add_argument("--out", type=pathlib.Path, default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    parts = [s for s in args.parts.split(",") if s]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise SystemExit(f"error: --parts: unknown {unknown}; valid: {','.join(PARTS)}")
+    if args.quick:
+        args.batch, args.repeats, args.warmup = 8, 2, 1
+        args.train_steps, args.fid_samples = min(args.train_steps, 3), 64
+    out_dir = args.out or (pathlib.Path(tempfile.mkdtemp(prefix="gan-bench-")) if args.quick else RESULTS_DIR)
+    args.out_grids = out_dir / "grids" if args.quick else DOCS_DIR
+    try:
+        import torch
+
+        from benchmarks.peers import gan_torch  # noqa: F401
+
+        torch_ok, env_threads = True, torch.get_num_threads()
+    except ImportError as exc:
+        torch_ok, env_threads = False, None
+        print(f"peer unavailable ({exc}); zoo rows only (bash scripts/setup.sh peers)", flush=True)
+    env = harness.environment()
+    env["torch_threads"] = env_threads
+    command = shlex.join(getattr(sys, "orig_argv", sys.argv))
+    records = []
+    if "step" in parts:
+        records += bench_step(args)
+    if "peer" in parts:
+        records += bench_peer(args, torch_ok)
+    if "table" in parts:
+        records += bench_table(args)
+    records = [{"record": "result", "suite": "gan", **r} for r in records]
+    env["load_avg_1m_end"] = harness.load_average()
+    notes = [] if torch_ok else ["torch not importable: zoo rows only"]
+    busy = [f"{r['task']} {r['impl']}" for r in records if (r.get("other_cpu_cores") or 0) > 0.2]
+    if busy:
+        notes.append("WARNING: other processes kept > 0.2 cores busy while timing " + "; ".join(busy))
+    failed = [f"{r.get('task', r.get('loss'))} {r.get('impl', r.get('update'))}" for r in records if not r["check_ok"]]
+    if failed:
+        notes.append("CHECK FAILED (non-finite loss or metric): " + "; ".join(failed))
+    stem = out_dir / (f"gan-{env['platform']}" if parts != ["table"] else f"gan-table-{env['platform']}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    harness.write_jsonl(stem.with_suffix(".jsonl"), [{"record": "environment", "command": command, **env}] + records)
+    write_markdown(stem.with_suffix(".md"), env, command, records, notes, args)
+    print("\n".join(notes))
+    print(f"wrote {stem}.jsonl and {stem}.md")
+    return 1 if failed and parts != ["table"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

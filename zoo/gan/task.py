@@ -1,0 +1,138 @@
+"""``zoo train dcgan | mlp_gan``: data, the GAN update as a :class:`zoo.core.train.Task`, and
+evaluation (sample grids, classifier FID of the raw and the EMA generator).
+
+Evaluation draws ``eval.num_samples`` images from fixed noise and scores them against the
+test split with :mod:`zoo.gan.evaluation` (a classifier trained in the zoo on the same data
+set, cached after its first use): ``fid_classifier`` / ``classifier_score`` for the raw
+generator, ``*_ema`` for its weight EMA. A generator with BatchNorm samples with batch
+statistics (train mode, the statistics discarded): its running averages belong to the raw
+weights, not to the EMA. Grids ``samples.png`` and ``samples_ema.png`` go to the run dir.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from zoo.core.train import Task
+from zoo.data.images import load_images
+from zoo.gan import evaluation
+from zoo.gan.models import make_models
+from zoo.gan.train import init_variables, make_optimizer, make_players, make_spec, make_update
+
+
+def to_model_range(images_uint8):
+    """uint8 pixels -> float32 on ``[−1, 1]``."""
+    return images_uint8.astype(jnp.float32) / 127.5 - 1.0
+
+
+def load_train_images(config) -> tuple[np.ndarray, int]:
+    """``(images, native side)``: the training split, resized (bilinear) to
+    ``model.image_size`` when it differs from the data set's side."""
+    d, m = config.data, config.model
+    images, _ = load_images(d.name, "train", data_dir=d.data_dir or None, limit=d.train_limit)
+    if images.shape[-1] != m.channels:
+        raise ValueError(f"model.channels is {m.channels} but data set {d.name!r} has {images.shape[-1]} channels")
+    return resize_uint8(images, m.image_size), images.shape[1]
+
+
+def resize_uint8(images: np.ndarray, side: int, chunk: int = 2000) -> np.ndarray:
+    if images.shape[1] == side and images.shape[2] == side:
+        return images
+    resize = jax.jit(lambda x: jax.image.resize(x.astype(jnp.float32), (x.shape[0], side, side, x.shape[3]), "bilinear"))
+    out = [np.asarray(resize(images[i : i + chunk])) for i in range(0, len(images), chunk)]
+    return np.clip(np.rint(np.concatenate(out)), 0, 255).astype(np.uint8)
+
+
+def build(config):
+    """``(modules, players, spec, tx)`` for a config."""
+    modules = make_models(config.model)
+    if config.gan.penalty != "none" and config.model.d_norm == "batch":
+        raise ValueError(
+            "gradient penalties need per-example discriminator outputs: model.d_norm 'batch' mixes "
+            f"examples; use 'none' or 'spectral' with gan.penalty {config.gan.penalty!r}"
+        )
+    players = make_players(*modules, config.model.z_dim, config.model.z_dist)
+    return modules, players, make_spec(players, config.gan), make_optimizer(config.optim)
+
+
+@functools.lru_cache(maxsize=4)
+def _jitted_sampler(generator, players):
+    def sample(params_g, state_g, key, n):
+        z = players.sample_z(key, n)
+        return players.generate(params_g, state_g, z, True)[0]
+
+    return jax.jit(sample, static_argnums=3)
+
+
+def generate_samples(generator, players, params_g, state_g, key, num: int, batch_size: int) -> np.ndarray:
+    """``num`` images ``[num, S, S, C]`` on ``[−1, 1]`` in batches of ``batch_size``."""
+    sample = _jitted_sampler(generator, players)
+    chunks = [sample(params_g, state_g, jax.random.fold_in(key, i), batch_size) for i in range(-(-num // batch_size))]
+    return np.concatenate([np.asarray(c) for c in chunks])[:num]
+
+
+def get_task(config: ml_collections.ConfigDict, workdir: Path | None) -> Task:
+    d, m = config.data, config.model
+    train_images, native_side = load_train_images(config)
+    (generator, discriminator), players, spec, tx = build(config)
+    per_step = d.batch_size * (spec.n_critic if spec.update == "alternating" else 1)
+    steps_per_epoch = len(train_images) // per_step
+    if steps_per_epoch == 0:
+        raise ValueError(f"data.batch_size {d.batch_size} × {spec.n_critic} critic steps exceeds the {len(train_images)} training images")
+    image_shape = (m.image_size, m.image_size, m.channels)
+    update = make_update(spec, tx)
+
+    @functools.lru_cache(maxsize=1)
+    def epoch_order(epoch):
+        return np.random.default_rng([config.seed, epoch]).permutation(len(train_images))
+
+    init_all = jax.jit(lambda key: init_variables((generator, discriminator), key, image_shape, m.z_dim))
+    pending = {}  # init(key) and init_model_state(key) get the same key: initialise once
+
+    def init(key):
+        pending["variables"] = init_all(key)
+        return pending["variables"][0]
+
+    def init_model_state(key):
+        return (pending.pop("variables", None) or init_all(key))[1]
+
+    def train_batches(start_step):
+        step = start_step
+        while True:
+            epoch, offset = divmod(step, steps_per_epoch)
+            yield {"images": train_images[epoch_order(epoch)[offset * per_step : (offset + 1) * per_step]]}
+            step += 1
+
+    def task_update(state, batch, key):
+        return update(state, {"images": to_model_range(batch["images"])}, key)
+
+    def evaluate(variables_):
+        e = config.eval
+        params, model_state = variables_["params"], variables_["model_state"]
+        reference = evaluation.get_reference(
+            d.name, d.data_dir or None, steps=e.reference_steps,
+            train_limit=e.reference_train_limit, test_limit=e.reference_test_limit,
+        )  # fmt: skip
+        key = jax.random.key(e.noise_seed)
+        metrics = {}
+        for suffix, params_g in (("", params["g"]), ("_ema", model_state["ema_g"])):
+            samples = generate_samples(generator, players, params_g, model_state["g"], key, e.num_samples, e.batch_size)
+            if workdir is not None:
+                evaluation.save_sample_grid(samples[: e.grid], Path(workdir) / f"samples{suffix}.png")
+            if m.image_size != native_side:  # the reference classifier sees the data set's own size
+                samples = np.asarray(to_model_range(resize_uint8(evaluation.to_uint8(samples), native_side)))
+            scores = evaluation.evaluate_samples(reference, samples, e.batch_size)
+            metrics.update({f"{k}{suffix}": v for k, v in scores.items()})
+        return metrics
+
+    return Task(
+        init, tx, None, train_batches, evaluate,
+        init_model_state=init_model_state, update=task_update,
+        eval_variables=lambda s: {"params": s.params, "model_state": s.model_state},
+    )  # fmt: skip
