@@ -178,7 +178,7 @@ def bench_table(args) -> list[dict]:
                             "ms_per_step": 1e3 / float(np.median(rates)) if rates else None, "check_ok": ok})  # fmt: skip
             print(f"table: {loss} {mode}: {ev}", flush=True)
             if floor is None:
-                reference = evaluation.get_reference(config.data.name, steps=config.eval.reference_steps,
+                reference = evaluation.get_reference(config.data.name, steps=config.eval.reference_steps or None,
                                                      train_limit=config.eval.reference_train_limit,
                                                      test_limit=config.eval.reference_test_limit)  # fmt: skip
                 images, _ = load_train_images(config)

@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from PIL import Image
 
 from kernels.flows import bits_per_dim, dequantize
+from zoo.core.images import image_grid, save_grid  # noqa: F401  (re-exported: notebooks use task.image_grid)
 from zoo.core.train import Task
 from zoo.data.images import load_images
 from zoo.flows.model import NICE, MultiScaleFlow
@@ -88,23 +88,6 @@ def to_uint8(x) -> np.ndarray:
     often at T = 1 early in training); such pixels are drawn black (NaN) or saturated."""
     x = np.nan_to_num(np.asarray(x, np.float32), nan=-0.5, posinf=0.5, neginf=-0.5)
     return np.clip(np.floor((x + 0.5) * 256), 0, 255).astype(np.uint8)
-
-
-def image_grid(images_uint8: np.ndarray, columns: int = 8) -> np.ndarray:
-    """``[N, H, W, C]`` uint8 -> one ``[rows·H, columns·W, C]`` image (1-px gaps)."""
-    n, h, w, c = images_uint8.shape
-    rows = -(-n // columns)
-    grid = np.zeros((rows * (h + 1) + 1, columns * (w + 1) + 1, c), np.uint8)
-    for i, img in enumerate(images_uint8):
-        r, col = divmod(i, columns)
-        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + col * (w + 1) : 1 + col * (w + 1) + w] = img
-    return grid
-
-
-def save_grid(images_uint8: np.ndarray, path: Path, columns: int = 8, scale: int = 2):
-    grid = image_grid(images_uint8, columns)
-    img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-    img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
 
 
 def save_samples(model, params, key, workdir: Path, temperatures, num_samples: int) -> list[Path]:

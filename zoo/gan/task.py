@@ -116,7 +116,7 @@ def get_task(config: ml_collections.ConfigDict, workdir: Path | None) -> Task:
         e = config.eval
         params, model_state = variables_["params"], variables_["model_state"]
         reference = evaluation.get_reference(
-            d.name, d.data_dir or None, steps=e.reference_steps,
+            d.name, d.data_dir or None, steps=e.reference_steps or None,
             train_limit=e.reference_train_limit, test_limit=e.reference_test_limit,
         )  # fmt: skip
         key = jax.random.key(e.noise_seed)

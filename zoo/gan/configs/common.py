@@ -21,8 +21,8 @@ def base_config() -> ml_collections.ConfigDict:
         ema_decay=0.999, spectral_constraint=False,
     )  # fmt: skip
     c.optim = dict(g=adam(), d=adam())
-    # reference_*: the evaluation classifier's budget and data (0 = the whole split)
-    c.eval = dict(num_samples=5000, batch_size=500, grid=64, noise_seed=1, reference_steps=3000,
+    # reference_*: the evaluation classifier's steps (0 = zoo.gan.evaluation's default) and data (0 = whole split)
+    c.eval = dict(num_samples=5000, batch_size=500, grid=64, noise_seed=1, reference_steps=0,
                   reference_train_limit=0, reference_test_limit=0)  # fmt: skip
     c.train = dict(
         num_steps=5000, log_every=100, eval_every=0, ckpt_every=1000, num_devices=0, progress=True,
