@@ -66,10 +66,10 @@ def zoo_gan_step(config, images_uint8: np.ndarray):
     from zoo.gan import task as gan_task
     from zoo.gan.train import init_variables, make_update
 
-    (generator, discriminator), players, spec, tx = gan_task.build(config)
+    (generator, discriminator, encoder), players, spec, tx = gan_task.build(config)
     m = config.model
     shape = (m.image_size, m.image_size, m.channels)
-    params, model_state = init_variables((generator, discriminator), jax.random.key(0), shape, m.z_dim)
+    params, model_state = init_variables((generator, discriminator), jax.random.key(0), shape, m.z_dim, encoder)
     update = make_update(spec, tx)
     task = Task(
         lambda key: params, tx, None, None, None, init_model_state=lambda key: model_state,

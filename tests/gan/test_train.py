@@ -138,10 +138,12 @@ def test_a_player_update_leaves_the_other_players_params_and_adam_state_alone(rn
     tx = make_optimizer(adam_optim())
     opt_state = tx.init(params)
     grads_d = jax.tree.map(jnp.ones_like, params["d"])
-    new_params, new_state = update_player(tx, opt_state, params, grads_d, "d")
+    new_params, new_state = update_player(tx, opt_state, params, {"d": grads_d}, "d")
     jax.tree.map(np.testing.assert_array_equal, new_params["g"], params["g"])
     jax.tree.map(np.testing.assert_array_equal, new_state.inner_states["g"], opt_state.inner_states["g"])
     assert not np.allclose(new_params["d"]["Dense_0"]["kernel"], params["d"]["Dense_0"]["kernel"])
+    with pytest.raises(ValueError, match=r"`grads` must have the keys \['g'\] of player 'g'; got \['d'\]"):
+        update_player(tx, opt_state, params, {"d": grads_d}, "g")
 
     spec = make_spec(players, gan_config(loss="gan", n_critic=2))
     state = TrainState(jnp.zeros((), jnp.int32), params, opt_state, ms)
@@ -182,7 +184,7 @@ def test_every_loss_trains_the_smoke_dcgan_200_steps_without_nan():
     config = dcgan.get_config("smoke")
     from zoo.gan.task import build
 
-    (generator, discriminator), players, spec, tx = build(config)
+    (generator, discriminator, _), players, spec, tx = build(config)
     params, ms = init_variables((generator, discriminator), jax.random.key(0), (28, 28, 1), config.model.z_dim)
     names = list(losses.LOSSES)
     images = jax.random.uniform(jax.random.key(1), (8, 28, 28, 1), minval=-1, maxval=1)
@@ -224,3 +226,27 @@ def test_second_step_does_not_recompile(rng):
             jax.block_until_ready(metrics)
         assert compiled == [], mode
         assert int(state.step) == 2
+
+
+def test_energy_view_encoder_trains_with_the_generator_on_the_reconstruction_term(rng):
+    # Post 32: G and E descend λ₂·E‖z − E(G(z))‖²; E lives under params["e"] with G's optimiser.
+    from zoo.gan.models import MLPDiscriminator as Encoder
+
+    shape, z_dim = (4, 4, 1), 3
+    modules = (MLPGenerator(shape, hidden=(8,)), MLPDiscriminator(hidden=(8,)))
+    encoder = Encoder(hidden=(8,), outputs=z_dim)
+    players = make_players(*modules, z_dim, encoder=encoder)
+    params, ms = init_variables(modules, jax.random.key(0), shape, z_dim, encoder)
+    real = jnp.asarray(rng.uniform(-1, 1, size=(6, *shape)), jnp.float32)
+    tx = make_optimizer(adam_optim())
+    for mode in ("alternating", "single"):
+        spec = make_spec(players, gan_config(loss="wgan", penalty="zero_gp", encoder_weight=2.0, update_mode=mode))
+        state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), ms)
+        new, metrics = jax.jit(make_update(spec, tx))(state, {"images": real}, jax.random.key(1))
+        assert float(metrics["entropy"]) > 0
+        counts = {p: int(new.opt_state.inner_states[p].inner_state[0].count) for p in ("g", "d")}
+        assert counts == {"g": 1, "d": 1}, mode
+        moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), new.params["e"], params["e"])
+        assert all(jax.tree.leaves(moved)), mode
+    with pytest.raises(ValueError, match="needs an encoder"):
+        make_spec(make_players(*modules, z_dim), gan_config(encoder_weight=1.0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 from typing import Callable
@@ -21,8 +22,15 @@ def open_source(name: str, builder: type | None, split: str, data_dir, manual_di
         return tfds.data_source(name.removeprefix("tfds:"), split=split, data_dir=data_dir)
     prepared = builder(data_dir=data_dir, file_format="array_record")
     if not prepared.is_prepared():
-        config = tfds.download.DownloadConfig(manual_dir=str(manual_dir()))
-        prepared.download_and_prepare(download_config=config)
+        # One preparer at a time (parallel test workers, two runs started together):
+        # the others wait on the lock, then find the set prepared.
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(data_dir) / f".{builder.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            prepared = builder(data_dir=data_dir, file_format="array_record")
+            if not prepared.is_prepared():
+                config = tfds.download.DownloadConfig(manual_dir=str(manual_dir()))
+                prepared.download_and_prepare(download_config=config)
     return prepared.as_data_source(split=split)
 
 

@@ -63,17 +63,20 @@ class MLPGenerator(nn.Module):
 
 
 class MLPDiscriminator(nn.Module):
-    """The author's 784-128-32-1 ReLU critic (post 20). ``x [B, H, W, C]`` -> ``[B]``."""
+    """The author's 784-128-32-1 ReLU critic (post 20). ``x [B, H, W, C]`` -> ``[B]``
+    (``[B, outputs]`` when ``outputs > 1``: the energy view's encoder)."""
 
     hidden: tuple[int, ...] = (128, 32)
     norm: str = "none"
+    outputs: int = 1
 
     @nn.compact
     def __call__(self, x, train: bool = True):
         h = x.reshape(x.shape[0], -1)
         for i, width in enumerate(self.hidden):
             h = nn.relu(_dense(width, self.norm, train, f"Dense_{i}", _uniform(0.05))(h))
-        return _dense(1, self.norm, train, "Dense_out", _uniform(0.05))(h)[:, 0]
+        out = _dense(self.outputs, self.norm, train, "Dense_out", _uniform(0.05))(h)
+        return out[:, 0] if self.outputs == 1 else out
 
 
 def _dense(features, norm, train, name, init=DCGAN_INIT, use_bias=True):
@@ -127,11 +130,12 @@ class DCGANDiscriminator(nn.Module):
     """DCGAN discriminator: L convs (k 4, s 2, p 1; ``width · 2^i`` features) with
     LeakyReLU 0.2, ``norm`` after every conv but the first, then Dense 1.
 
-    ``x [B, S, S, C]`` -> ``[B]``.
+    ``x [B, S, S, C]`` -> ``[B]`` (``[B, outputs]`` when ``outputs > 1``: the encoder).
     """
 
     width: int = 64
     norm: str = "none"
+    outputs: int = 1
 
     @nn.compact
     def __call__(self, x, train: bool = True):
@@ -142,7 +146,8 @@ class DCGANDiscriminator(nn.Module):
             if i > 0 and self.norm == "batch":
                 h = _batch_norm(train, f"BatchNorm_{i}")(h)
             h = nn.leaky_relu(h, 0.2)
-        return _dense(1, self.norm, train, "Dense_out")(h.reshape(x.shape[0], -1))[:, 0]
+        out = _dense(self.outputs, self.norm, train, "Dense_out")(h.reshape(x.shape[0], -1))
+        return out[:, 0] if self.outputs == 1 else out
 
 
 def make_models(model_config) -> tuple[nn.Module, nn.Module]:
@@ -162,3 +167,12 @@ def make_models(model_config) -> tuple[nn.Module, nn.Module]:
             DCGANDiscriminator(m.d_width, m.d_norm),
         )
     raise ValueError(f"model.arch must be 'mlp' or 'dcgan'; got {m.arch!r}")
+
+
+def make_encoder(model_config) -> nn.Module:
+    """The energy view's encoder ``E: x -> z [B, Z]`` (post 32): the discriminator's
+    architecture without normalisation, ``z_dim`` outputs."""
+    m = model_config
+    if m.arch == "mlp":
+        return MLPDiscriminator(outputs=m.z_dim)
+    return DCGANDiscriminator(m.d_width, "none", outputs=m.z_dim)

@@ -22,7 +22,7 @@ import numpy as np
 from zoo.core.train import Task
 from zoo.data.images import load_images
 from zoo.gan import evaluation
-from zoo.gan.models import make_models
+from zoo.gan.models import make_encoder, make_models
 from zoo.gan.train import init_variables, make_optimizer, make_players, make_spec, make_update
 
 
@@ -50,15 +50,16 @@ def resize_uint8(images: np.ndarray, side: int, chunk: int = 2000) -> np.ndarray
 
 
 def build(config):
-    """``(modules, players, spec, tx)`` for a config."""
+    """``((generator, discriminator, encoder or None), players, spec, tx)`` for a config."""
     modules = make_models(config.model)
     if config.gan.penalty != "none" and config.model.d_norm == "batch":
         raise ValueError(
             "gradient penalties need per-example discriminator outputs: model.d_norm 'batch' mixes "
             f"examples; use 'none' or 'spectral' with gan.penalty {config.gan.penalty!r}"
         )
-    players = make_players(*modules, config.model.z_dim, config.model.z_dist)
-    return modules, players, make_spec(players, config.gan), make_optimizer(config.optim)
+    encoder = make_encoder(config.model) if config.gan.encoder_weight else None
+    players = make_players(*modules, config.model.z_dim, config.model.z_dist, encoder)
+    return (*modules, encoder), players, make_spec(players, config.gan), make_optimizer(config.optim)
 
 
 @functools.lru_cache(maxsize=4)
@@ -80,7 +81,7 @@ def generate_samples(generator, players, params_g, state_g, key, num: int, batch
 def get_task(config: ml_collections.ConfigDict, workdir: Path | None) -> Task:
     d, m = config.data, config.model
     train_images, native_side = load_train_images(config)
-    (generator, discriminator), players, spec, tx = build(config)
+    (generator, discriminator, encoder), players, spec, tx = build(config)
     per_step = d.batch_size * (spec.n_critic if spec.update == "alternating" else 1)
     steps_per_epoch = len(train_images) // per_step
     if steps_per_epoch == 0:
@@ -92,7 +93,7 @@ def get_task(config: ml_collections.ConfigDict, workdir: Path | None) -> Task:
     def epoch_order(epoch):
         return np.random.default_rng([config.seed, epoch]).permutation(len(train_images))
 
-    init_all = jax.jit(lambda key: init_variables((generator, discriminator), key, image_shape, m.z_dim))
+    init_all = jax.jit(lambda key: init_variables((generator, discriminator), key, image_shape, m.z_dim, encoder))
     pending = {}  # init(key) and init_model_state(key) get the same key: initialise once
 
     def init(key):

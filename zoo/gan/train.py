@@ -33,9 +33,10 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from zoo.gan import losses, penalties
+from zoo.gan import energy, losses, penalties
 
 PLAYERS = ("g", "d")
+LABELS = {"g": "g", "d": "d", "e": "g"}  # parameter key -> player; the encoder trains with G
 UPDATES = ("alternating", "single")
 PENALTIES = ("none", "wgan_gp", "wgan_gp_one_sided", "wgan_div", "zero_gp")
 RELATIVISTIC = ("rsgan", "rasgan")  # losses whose generator term needs D(real)
@@ -47,6 +48,7 @@ class Players(NamedTuple):
     generate: Callable  # (params_g, state_g, z [B, Z], train) -> (x [B, H, W, C], state_g)
     discriminate: Callable  # (params_d, state_d, x, train) -> (out [B], state_d)
     sample_z: Callable  # (key, n) -> z [n, Z]
+    encode: Callable | None = None  # (params_e, x) -> z_rec [B, Z]: the energy view's encoder
 
 
 def _applier(module):
@@ -60,8 +62,9 @@ def _applier(module):
     return apply
 
 
-def make_players(generator, discriminator, z_dim: int, z_dist: str = "normal") -> Players:
-    """``z_dist``: ``"normal"`` (N(0, I)) or ``"uniform"`` (U(−1, 1), the author's post 20)."""
+def make_players(generator, discriminator, z_dim: int, z_dist: str = "normal", encoder=None) -> Players:
+    """``z_dist``: ``"normal"`` (N(0, I)) or ``"uniform"`` (U(−1, 1), the author's post 20);
+    ``encoder``: an optional module ``x -> z`` (no collections) for the entropy term."""
     if z_dist not in ("normal", "uniform"):
         raise ValueError(f"model.z_dist must be 'normal' or 'uniform'; got {z_dist!r}")
 
@@ -70,16 +73,19 @@ def make_players(generator, discriminator, z_dim: int, z_dist: str = "normal") -
             return jax.random.normal(key, (n, z_dim))
         return jax.random.uniform(key, (n, z_dim), minval=-1.0, maxval=1.0)
 
-    return Players(_applier(generator), _applier(discriminator), sample_z)
+    encode = None if encoder is None else (lambda params_e, x: encoder.apply({"params": params_e}, x))
+    return Players(_applier(generator), _applier(discriminator), sample_z, encode)
 
 
-def init_variables(players_modules, key, image_shape, z_dim):
-    """``(params {"g", "d"}, model_state {"g", "d", "ema_g"})`` from one key."""
+def init_variables(players_modules, key, image_shape, z_dim, encoder=None):
+    """``(params {"g", "d"[, "e"]}, model_state {"g", "d", "ema_g"})`` from one key."""
     generator, discriminator = players_modules
-    k_g, k_d = jax.random.split(key)
+    k_g, k_d, k_e = jax.random.split(key, 3)
     g_vars = generator.init(k_g, jnp.zeros((2, z_dim)), train=False)
     d_vars = discriminator.init(k_d, jnp.zeros((2, *image_shape)), train=False)
     params = {"g": g_vars["params"], "d": d_vars["params"]}
+    if encoder is not None:
+        params["e"] = encoder.init(k_e, jnp.zeros((2, *image_shape)))["params"]
     state = {
         "g": {k: v for k, v in g_vars.items() if k != "params"},
         "d": {k: v for k, v in d_vars.items() if k != "params"},
@@ -104,18 +110,30 @@ def player_optimizer(cfg) -> optax.GradientTransformation:
 
 
 def make_optimizer(optim_config) -> optax.GradientTransformation:
-    """One ``optax.partition`` over ``{"g": ..., "d": ...}`` with a state per player."""
+    """One ``optax.partition`` with a state per player over ``{"g", "d"[, "e"]}`` (the
+    encoder ``"e"`` is labelled ``"g"``: it trains with the generator's optimiser)."""
     return optax.partition(
-        {p: player_optimizer(optim_config[p]) for p in PLAYERS}, {p: p for p in PLAYERS}
+        {p: player_optimizer(optim_config[p]) for p in PLAYERS},
+        lambda params: {k: LABELS[k] for k in params},
     )
 
 
 def update_player(tx, opt_state, params, grads, player: str):
-    """Applies ``tx`` to ``player``'s gradients only: returns ``(params, opt_state)`` with
-    the other player's parameters and inner optimiser state untouched."""
-    full = {p: grads if p == player else jax.tree.map(jnp.zeros_like, params[p]) for p in PLAYERS}
+    """Applies ``tx`` to one player's gradients only.
+
+    Args:
+      grads: ``{key: gradient subtree}`` for the parameter keys of ``player`` (``{"d": ...}``,
+        or ``{"g": ...[, "e": ...]}``).
+    Returns:
+      ``(params, opt_state)`` with the other player's parameters and inner optimiser state
+      untouched (its Adam moments and step count do not move).
+    """
+    mine = [k for k in params if LABELS[k] == player]
+    if sorted(grads) != sorted(mine):
+        raise ValueError(f"update_player: `grads` must have the keys {mine} of player {player!r}; got {sorted(grads)}")
+    full = {k: grads[k] if k in grads else jax.tree.map(jnp.zeros_like, v) for k, v in params.items()}
     updates, new_state = tx.update(full, opt_state, params)
-    params = {**params, player: optax.apply_updates(params[player], updates[player])}
+    params = {**params, **{k: optax.apply_updates(params[k], updates[k]) for k in mine}}
     inner = {**opt_state.inner_states, player: new_state.inner_states[player]}
     return params, opt_state._replace(inner_states=inner)
 
@@ -192,6 +210,7 @@ class GanSpec(NamedTuple):
     single_loss_weight: float
     ema_decay: float
     spectral_constraint: bool
+    encoder_weight: float = 0.0  # λ₂ of post 32's entropy term (needs players.encode)
 
 
 def make_spec(players: Players, gan_cfg) -> GanSpec:
@@ -201,9 +220,11 @@ def make_spec(players: Players, gan_cfg) -> GanSpec:
         raise ValueError(f"gan.n_critic must be >= 1; got {gan_cfg.n_critic}")
     if gan_cfg.update_mode == "single" and gan_cfg.n_critic != 1:
         raise ValueError(f"gan.update_mode 'single' moves both players once per step: gan.n_critic must be 1; got {gan_cfg.n_critic}")
+    if gan_cfg.encoder_weight and players.encode is None:
+        raise ValueError(f"gan.encoder_weight {gan_cfg.encoder_weight} needs an encoder: build the players with one")
     return GanSpec(
         players, losses.get_loss(gan_cfg.loss), make_penalty(gan_cfg), gan_cfg.update_mode, gan_cfg.n_critic,
-        gan_cfg.single_loss_weight, gan_cfg.ema_decay, gan_cfg.spectral_constraint,
+        gan_cfg.single_loss_weight, gan_cfg.ema_decay, gan_cfg.spectral_constraint, gan_cfg.encoder_weight,
     )  # fmt: skip
 
 
@@ -219,16 +240,22 @@ def _d_objective(spec: GanSpec, params_d, state_d, real, fake, key):
     return adversarial + penalty, (state_d, d_real, metrics)
 
 
-def _g_objective(spec: GanSpec, fake, params_d, state_d, real, d_real=None):
+def _g_objective(spec: GanSpec, fake, params_d, state_d, real, d_real=None, z=None, params_e=None):
     """G's loss on a generated ``fake`` (G's gradient reaches it through ``fake``) through a
     discriminator with stopped parameters. Relativistic losses also need ``D(real)``:
-    reused when given, else computed. Returns ``(loss_g, state_d)``."""
+    reused when given, else computed. With an encoder, adds post 32's entropy term
+    ``λ₂·E‖z − E(G(z))‖²`` (G and E both descend it). Returns ``(loss_g, (state_d, entropy))``."""
     frozen_d = lax.stop_gradient(params_d)
     d_fake, state_d = spec.players.discriminate(frozen_d, state_d, fake)
     if spec.loss.name in RELATIVISTIC and d_real is None:
         d_real, state_d = spec.players.discriminate(frozen_d, state_d, real)
     d_real = jnp.zeros_like(d_fake) if d_real is None else lax.stop_gradient(d_real)
-    return spec.loss.g_loss(d_real, d_fake), state_d
+    loss_g = spec.loss.g_loss(d_real, d_fake)
+    entropy = jnp.zeros(())
+    if spec.encoder_weight:
+        entropy = energy.encoder_entropy_term(z, spec.players.encode(params_e, fake))
+        loss_g = loss_g + spec.encoder_weight * entropy
+    return loss_g, (state_d, entropy)
 
 
 def _finish(spec: GanSpec, state, params, opt_state, model_state, metrics):
@@ -244,7 +271,8 @@ def make_update(spec: GanSpec, tx: optax.GradientTransformation) -> Callable:
 
     ``batch["images"]``: ``[n_critic · B, H, W, C]`` float on ``[−1, 1]`` (critic step ``i``
     takes rows ``i·B … (i+1)·B − 1``). Metrics: ``loss`` (= loss_d + penalty + loss_g),
-    ``loss_d``, ``penalty``, ``loss_g``, ``d_real``, ``d_fake`` (means over critic steps).
+    ``loss_d``, ``penalty``, ``loss_g`` (with the entropy term), ``entropy``, ``d_real``,
+    ``d_fake`` (D's metrics are means over critic steps).
     """
     players = spec.players
 
@@ -261,7 +289,7 @@ def make_update(spec: GanSpec, tx: optax.GradientTransformation) -> Callable:
             grads, (d_state, _, metrics) = jax.grad(
                 lambda pd: _d_objective(spec, pd, ms["d"], real, lax.stop_gradient(fake), k_pen), has_aux=True
             )(params["d"])
-            params, opt_state = update_player(tx, opt_state, params, grads, "d")
+            params, opt_state = update_player(tx, opt_state, params, {"d": grads}, "d")
             if spec.spectral_constraint:  # the constraint follows every D update
                 params = {**params, "d": spectral_constraint(params["d"])}
             return (params, opt_state, {**ms, "g": g_state, "d": d_state}), metrics
@@ -277,14 +305,15 @@ def make_update(spec: GanSpec, tx: optax.GradientTransformation) -> Callable:
 
         z = players.sample_z(jax.random.fold_in(key, 1), n)
 
-        def g_loss(params_g):
-            fake, g_state = players.generate(params_g, ms["g"], z)
-            loss_g, d_state = _g_objective(spec, fake, params["d"], ms["d"], reals[-1])
-            return loss_g, {**ms, "g": g_state, "d": d_state}
+        def g_loss(mine):  # {"g": ...[, "e": ...]}
+            fake, g_state = players.generate(mine["g"], ms["g"], z)
+            loss_g, (d_state, entropy) = _g_objective(spec, fake, params["d"], ms["d"], reals[-1], None, z, mine.get("e"))
+            return loss_g, ({**ms, "g": g_state, "d": d_state}, entropy)
 
-        (loss_g, ms), grads = jax.value_and_grad(g_loss, has_aux=True)(params["g"])
+        mine = {k: v for k, v in params.items() if LABELS[k] == "g"}
+        (loss_g, (ms, entropy)), grads = jax.value_and_grad(g_loss, has_aux=True)(mine)
         params, opt_state = update_player(tx, opt_state, params, grads, "g")
-        return _finish(spec, state, params, opt_state, ms, {**metrics, "loss_g": loss_g})
+        return _finish(spec, state, params, opt_state, ms, {**metrics, "loss_g": loss_g, "entropy": entropy})
 
     def single(state, batch, key):
         real = batch["images"]
@@ -297,9 +326,9 @@ def make_update(spec: GanSpec, tx: optax.GradientTransformation) -> Callable:
             loss_d, (d_state, d_real, metrics) = _d_objective(
                 spec, params["d"], ms["d"], real, lax.stop_gradient(fake), k_pen
             )
-            loss_g, d_state = _g_objective(spec, fake, params["d"], d_state, real, d_real)
+            loss_g, (d_state, entropy) = _g_objective(spec, fake, params["d"], d_state, real, d_real, z, params.get("e"))
             total = loss_d + spec.single_loss_weight * loss_g
-            return total, ({**ms, "g": g_state, "d": d_state}, {**metrics, "loss_g": loss_g})
+            return total, ({**ms, "g": g_state, "d": d_state}, {**metrics, "loss_g": loss_g, "entropy": entropy})
 
         grads, (new_ms, metrics) = jax.grad(objective, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

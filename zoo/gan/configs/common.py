@@ -19,6 +19,7 @@ def base_config() -> ml_collections.ConfigDict:
         loss="gan", update_mode="alternating", n_critic=1, single_loss_weight=1.0,
         penalty="none", penalty_weight=10.0, div_k=2.0, div_p=6.0,
         ema_decay=0.999, spectral_constraint=False,
+        encoder_weight=0.0,  # > 0: post 32's encoder entropy term λ₂·E‖z − E(G(z))‖²
     )  # fmt: skip
     c.optim = dict(g=adam(), d=adam())
     # reference_*: the evaluation classifier's steps (0 = zoo.gan.evaluation's default) and data (0 = whole split)
