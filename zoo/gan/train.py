@@ -16,12 +16,13 @@ Two updates, each one jitted step (:func:`make_update`):
   ``value_and_grad`` and one ``tx.update`` move both players — a *simultaneous* update
   (both gradients are taken at the same point), equivalent to a 1:1 alternating update
   only to first order. λ scales the generator's gradient: a D:G learning-rate ratio 1:λ.
+  ``D(sg(G(z)))`` and ``D_sg(G(z))`` are one forward pass (:func:`route_gradients`).
 
 Model state (``TrainState.model_state``): ``{"g": G's collections, "d": D's collections,
 "ema_g": EMA of G's params}``. Every train-mode call updates running statistics in call
 order, as PyTorch and Keras do: alternating = G(z) then D(real), D(fake) per critic step,
 then G(z), D(G(z)) (and D(real) for relativistic losses); single loss = G(z), D(real),
-D(sg(fake)), D_sg(fake). Gradient penalties call D in eval mode (no statistics update).
+D(fake) (one pass for both terms). Gradient penalties call D in eval mode (no update).
 """
 
 from __future__ import annotations
@@ -228,34 +229,54 @@ def make_spec(players: Players, gan_cfg) -> GanSpec:
     )  # fmt: skip
 
 
-def _d_objective(spec: GanSpec, params_d, state_d, real, fake, key):
-    """D's loss on ``real`` and (already stopped) ``fake`` plus the penalty.
-    Returns ``(loss_d, (state_d, d_real, metrics))``."""
-    discriminate = spec.players.discriminate
-    d_real, state_d = discriminate(params_d, state_d, real)
-    d_fake, state_d = discriminate(params_d, state_d, fake)
+def route_gradients(discriminate: Callable) -> Callable:
+    """One discriminator pass whose output comes out twice, each copy passing gradients to
+    one side only:
+
+    ``routed(params_d, state_d, x) -> (out_to_params, out_to_input, state_d)`` where
+    ``out_to_params`` acts as ``D(params_d, stop_gradient(x))`` and ``out_to_input`` as
+    ``D(stop_gradient(params_d), x)``. The single-loss step feeds the first to D's loss and
+    the second to G's, so ``D(G(z))`` runs forward once; under ``jit`` each pull-back keeps
+    only the half it returns (the parameter half for D, the input half for G).
+    """
+
+    @jax.custom_vjp
+    def routed(params_d, state_d, x):
+        out, state_d = discriminate(params_d, state_d, x)
+        return out, out, state_d
+
+    def forward(params_d, state_d, x):
+        out, pull_back, new_state = jax.vjp(lambda p, xx: discriminate(p, state_d, xx), params_d, x, has_aux=True)
+        return (out, out, new_state), (pull_back, state_d)
+
+    def backward(residuals, cotangents):
+        pull_back, state_d = residuals
+        to_params, to_input, _ = cotangents
+        return pull_back(to_params)[0], jax.tree.map(jnp.zeros_like, state_d), pull_back(to_input)[1]
+
+    routed.defvjp(forward, backward)
+    return routed
+
+
+def _d_terms(spec: GanSpec, params_d, state_d, real, fake, d_real, d_fake, key):
+    """D's loss from its outputs on ``real`` and ``fake`` (already stopped), plus the
+    penalty (D in eval mode). Returns ``(loss_d, metrics)``."""
     adversarial = spec.loss.d_loss(d_real, d_fake)
-    penalty = spec.penalty(lambda x: discriminate(params_d, state_d, x, False)[0], key, real, fake)
+    penalty = spec.penalty(lambda x: spec.players.discriminate(params_d, state_d, x, False)[0], key, real, fake)
     metrics = {"loss_d": adversarial, "penalty": penalty, "d_real": jnp.mean(d_real), "d_fake": jnp.mean(d_fake)}
-    return adversarial + penalty, (state_d, d_real, metrics)
+    return adversarial + penalty, metrics
 
 
-def _g_objective(spec: GanSpec, fake, params_d, state_d, real, d_real=None, z=None, params_e=None):
-    """G's loss on a generated ``fake`` (G's gradient reaches it through ``fake``) through a
-    discriminator with stopped parameters. Relativistic losses also need ``D(real)``:
-    reused when given, else computed. With an encoder, adds post 32's entropy term
-    ``λ₂·E‖z − E(G(z))‖²`` (G and E both descend it). Returns ``(loss_g, (state_d, entropy))``."""
-    frozen_d = lax.stop_gradient(params_d)
-    d_fake, state_d = spec.players.discriminate(frozen_d, state_d, fake)
-    if spec.loss.name in RELATIVISTIC and d_real is None:
-        d_real, state_d = spec.players.discriminate(frozen_d, state_d, real)
+def _g_terms(spec: GanSpec, d_real, d_fake, z, fake, params_e):
+    """G's loss from D's outputs (``d_real`` only for relativistic losses, stopped), plus
+    post 32's entropy term ``λ₂·E‖z − E(G(z))‖²`` with an encoder. Returns ``(loss_g, entropy)``."""
     d_real = jnp.zeros_like(d_fake) if d_real is None else lax.stop_gradient(d_real)
     loss_g = spec.loss.g_loss(d_real, d_fake)
     entropy = jnp.zeros(())
     if spec.encoder_weight:
         entropy = energy.encoder_entropy_term(z, spec.players.encode(params_e, fake))
         loss_g = loss_g + spec.encoder_weight * entropy
-    return loss_g, (state_d, entropy)
+    return loss_g, entropy
 
 
 def _finish(spec: GanSpec, state, params, opt_state, model_state, metrics):
@@ -275,6 +296,7 @@ def make_update(spec: GanSpec, tx: optax.GradientTransformation) -> Callable:
     ``d_fake`` (D's metrics are means over critic steps).
     """
     players = spec.players
+    routed = route_gradients(players.discriminate)
 
     def alternating(state, batch, key):
         images = batch["images"]
@@ -286,9 +308,15 @@ def make_update(spec: GanSpec, tx: optax.GradientTransformation) -> Callable:
             real, k = inputs
             k_z, k_pen = jax.random.split(k)
             fake, g_state = players.generate(params["g"], ms["g"], players.sample_z(k_z, n))
-            grads, (d_state, _, metrics) = jax.grad(
-                lambda pd: _d_objective(spec, pd, ms["d"], real, lax.stop_gradient(fake), k_pen), has_aux=True
-            )(params["d"])
+            fake = lax.stop_gradient(fake)
+
+            def d_loss(params_d):
+                d_real, d_state = players.discriminate(params_d, ms["d"], real)
+                d_fake, d_state = players.discriminate(params_d, d_state, fake)
+                loss_d, metrics = _d_terms(spec, params_d, d_state, real, fake, d_real, d_fake, k_pen)
+                return loss_d, (d_state, metrics)
+
+            grads, (d_state, metrics) = jax.grad(d_loss, has_aux=True)(params["d"])
             params, opt_state = update_player(tx, opt_state, params, {"d": grads}, "d")
             if spec.spectral_constraint:  # the constraint follows every D update
                 params = {**params, "d": spectral_constraint(params["d"])}
@@ -307,7 +335,12 @@ def make_update(spec: GanSpec, tx: optax.GradientTransformation) -> Callable:
 
         def g_loss(mine):  # {"g": ...[, "e": ...]}
             fake, g_state = players.generate(mine["g"], ms["g"], z)
-            loss_g, (d_state, entropy) = _g_objective(spec, fake, params["d"], ms["d"], reals[-1], None, z, mine.get("e"))
+            frozen_d = lax.stop_gradient(params["d"])
+            d_fake, d_state = players.discriminate(frozen_d, ms["d"], fake)
+            d_real = None
+            if spec.loss.name in RELATIVISTIC:
+                d_real, d_state = players.discriminate(frozen_d, d_state, reals[-1])
+            loss_g, entropy = _g_terms(spec, d_real, d_fake, z, fake, mine.get("e"))
             return loss_g, ({**ms, "g": g_state, "d": d_state}, entropy)
 
         mine = {k: v for k, v in params.items() if LABELS[k] == "g"}
@@ -323,10 +356,10 @@ def make_update(spec: GanSpec, tx: optax.GradientTransformation) -> Callable:
 
         def objective(params):
             fake, g_state = players.generate(params["g"], ms["g"], z)
-            loss_d, (d_state, d_real, metrics) = _d_objective(
-                spec, params["d"], ms["d"], real, lax.stop_gradient(fake), k_pen
-            )
-            loss_g, (d_state, entropy) = _g_objective(spec, fake, params["d"], d_state, real, d_real, z, params.get("e"))
+            d_real, d_state = players.discriminate(params["d"], ms["d"], real)
+            d_fake_to_d, d_fake_to_g, d_state = routed(params["d"], d_state, fake)
+            loss_d, metrics = _d_terms(spec, params["d"], d_state, real, lax.stop_gradient(fake), d_real, d_fake_to_d, k_pen)
+            loss_g, entropy = _g_terms(spec, d_real if spec.loss.name in RELATIVISTIC else None, d_fake_to_g, z, fake, params.get("e"))
             total = loss_d + spec.single_loss_weight * loss_g
             return total, ({**ms, "g": g_state, "d": d_state}, {**metrics, "loss_g": loss_g, "entropy": entropy})
 
