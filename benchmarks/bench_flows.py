@@ -273,20 +273,9 @@ def write_markdown(path: pathlib.Path, env: dict, command: str, records: list[di
             "task", "impl", "test_bpd", ("median_ms", "median ms/step"), ("time_vs_zoo", "time / zoo"), "wall_s",
             "num_params", "check_ok"]),
     }  # fmt: skip
-    out = ["# Flows benchmark", "", f"- command: `{command}`",
-           f"- device: {env['device_kind']} ({env['platform']}), {env['cpu_count']} CPUs, {env['machine']}, Python {env['python']}",
-           "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
-           f"- git revision: {env['git_rev']}; torch threads: {env.get('torch_threads')}; 1-min load average "
-           f"{env['load_avg_1m']} at start, {env.get('load_avg_1m_end')} at end",
-           "- protocol: median and p90 of timed calls after warm-up; JAX calls end in block_until_ready; compile "
-           "time measured separately; 'time / zoo' > 1 means the zoo is that many times faster.", ""]  # fmt: skip
-    for key, (title, cols) in sections.items():
-        rows = [r for r in records if r["section"] == key]
-        if rows:
-            out += [f"## {title}", "", harness.markdown_table(rows, cols), ""]
-    if notes:
-        out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-    path.write_text("\n".join(out))
+    protocol = ("median and p90 of timed calls after warm-up; JAX calls end in block_until_ready; compile "
+                "time measured separately; 'time / zoo' > 1 means the zoo is that many times faster.")
+    path.write_text(harness.markdown_report("Flows benchmark", env, command, protocol, sections, records, notes))
 
 
 def _parser():

@@ -204,20 +204,9 @@ def write_markdown(path: pathlib.Path, env: dict, command: str, records: list[di
             "loss", "update", ("fid_classifier", "FID"), ("fid_classifier_ema", "FID (EMA G)"),
             ("classifier_score", "score"), ("classifier_score_ema", "score (EMA G)"), ("ms_per_step", "ms/step"), "check_ok"]),
     }  # fmt: skip
-    out = ["# GAN benchmark", "", f"- command: `{command}`",
-           f"- device: {env['device_kind']} ({env['platform']}), {env['cpu_count']} CPUs, {env['machine']}, Python {env['python']}",
-           "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
-           f"- git revision: {env['git_rev']}; torch threads: {env.get('torch_threads')}; 1-min load average "
-           f"{env['load_avg_1m']} at start, {env.get('load_avg_1m_end')} at end",
-           "- protocol: median and p90 of timed calls after warm-up; JAX calls end in block_until_ready; compile "
-           "time measured separately; 'speed-up vs peer' > 1 means the zoo is that many times faster.", ""]  # fmt: skip
-    for key, (title, cols) in sections.items():
-        rows = [r for r in records if r["section"] == key]
-        if rows:
-            out += [f"## {title}", "", harness.markdown_table(rows, cols), ""]
-    if notes:
-        out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-    path.write_text("\n".join(out))
+    protocol = ("median and p90 of timed calls after warm-up; JAX calls end in block_until_ready; compile "
+                "time measured separately; 'speed-up vs peer' > 1 means the zoo is that many times faster.")
+    path.write_text(harness.markdown_report("GAN benchmark", env, command, protocol, sections, records, notes))
 
 
 def _parser():

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["summarize", "time_jax", "time_callable", "OtherCpuLoad", "environment", "write_jsonl", "markdown_table"]
+__all__ = ["summarize", "time_jax", "time_callable", "OtherCpuLoad", "environment", "write_jsonl", "markdown_table", "markdown_report"]
 
 # Distributions whose versions matter to a result; absent ones are reported as None.
 _VERSIONED = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "pytorch-crf", "torch-struct")
@@ -214,3 +214,23 @@ def markdown_table(records: Sequence[dict], columns: Sequence[str | tuple[str, s
     for record in records:
         lines.append("| " + " | ".join(_cell(record.get(k)) for k, _ in cols) + " |")
     return "\n".join(lines)
+
+
+def markdown_report(title: str, env: dict, command: str, protocol: str, sections: dict, records: list[dict],
+                    notes: Sequence[str] = ()) -> str:
+    """A suite's Markdown page: the command, machine, versions, revision and load, then one
+    table per section (``sections``: ``key -> (heading, columns)`` over the records whose
+    ``"section"`` is ``key``; empty sections are left out), then the notes."""
+    out = [f"# {title}", "", f"- command: `{command}`",
+           f"- device: {env['device_kind']} ({env['platform']}), {env['cpu_count']} CPUs, {env['machine']}, Python {env['python']}",
+           "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
+           f"- git revision: {env['git_rev']}; torch threads: {env.get('torch_threads')}; 1-min load average "
+           f"{env['load_avg_1m']} at start, {env.get('load_avg_1m_end')} at end",
+           f"- protocol: {protocol}", ""]  # fmt: skip
+    for key, (heading, columns) in sections.items():
+        rows = [r for r in records if r["section"] == key]
+        if rows:
+            out += [f"## {heading}", "", markdown_table(rows, columns), ""]
+    if notes:
+        out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    return "\n".join(out)

@@ -84,3 +84,12 @@ def check_variant(name: str, arg: str, known=("", "smoke")):
     """Raises a ValueError naming the config and its known variants for an unknown ``arg``."""
     if arg not in known:
         raise ValueError(f"{name} config: unknown variant {arg!r}; use one of {list(known)}")
+
+
+def train_defaults(num_steps: int, log_every: int, ckpt_every: int) -> dict:
+    """The ``train`` section every family's config has (``zoo.core.train`` reads it):
+    ``eval_every=0`` (only at the end), all local devices, a progress bar, no NaN injection."""
+    return dict(
+        num_steps=num_steps, log_every=log_every, eval_every=0, ckpt_every=ckpt_every, num_devices=0, progress=True,
+        inject_nan_at_step=-1,
+    )

@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from zoo.core.config import check_variant  # noqa: F401  (re-exported for the config files)
+from zoo.core.config import check_variant, train_defaults  # noqa: F401  (re-exported for the config files)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -22,10 +22,7 @@ def base_config() -> ml_collections.ConfigDict:
         down_weight=0.5, reconstruction_weight=0.0005, margin_start=0.2, margin_end=0.9, margin_steps=1,
     )  # fmt: skip
     c.optim = dict(learning_rate=1e-3, decay_per_epoch=1.0, grad_clip=5.0)
-    c.train = dict(
-        num_steps=1000, log_every=50, eval_every=0, ckpt_every=500, num_devices=0, progress=True,
-        inject_nan_at_step=-1,
-    )  # fmt: skip
+    c.train = train_defaults(num_steps=1000, log_every=50, ckpt_every=500)
     return c
 
 

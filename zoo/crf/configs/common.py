@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from zoo.core.config import train_defaults
+
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -19,10 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
         learning_rate=1e-3, warmup_steps=200, final_lr_fraction=0.05, weight_decay=0.0, grad_clip=5.0,
         transitions_lr_multiplier=1.0,
     )  # fmt: skip
-    c.train = dict(
-        num_steps=5000, log_every=100, eval_every=0, ckpt_every=1000, num_devices=0, progress=True,
-        inject_nan_at_step=-1,
-    )  # fmt: skip
+    c.train = train_defaults(num_steps=5000, log_every=100, ckpt_every=1000)
     return c
 
 

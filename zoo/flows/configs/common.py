@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from zoo.core.config import check_variant  # noqa: F401  (re-exported for the config files)
+from zoo.core.config import check_variant, train_defaults  # noqa: F401  (re-exported for the config files)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -21,10 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
     )  # fmt: skip
     c.optim = dict(learning_rate=1e-3, warmup_steps=200, grad_clip=50.0)
     c.eval = dict(temperatures=(0.5, 0.7, 0.8, 1.0), num_samples=32, noise_seed=1)
-    c.train = dict(
-        num_steps=3000, log_every=100, eval_every=0, ckpt_every=500, num_devices=0, progress=True,
-        inject_nan_at_step=-1,
-    )  # fmt: skip
+    c.train = train_defaults(num_steps=3000, log_every=100, ckpt_every=500)
     return c
 
 

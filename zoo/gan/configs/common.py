@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from zoo.core.config import check_variant  # noqa: F401  (re-exported for the config files)
+from zoo.core.config import check_variant, train_defaults  # noqa: F401  (re-exported for the config files)
 
 
 def adam(learning_rate=2e-4, b1=0.5, b2=0.999):
@@ -25,10 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
     # reference_*: the evaluation classifier's steps (0 = zoo.gan.evaluation's default) and data (0 = whole split)
     c.eval = dict(num_samples=5000, batch_size=500, grid=64, noise_seed=1, reference_steps=0,
                   reference_train_limit=0, reference_test_limit=0)  # fmt: skip
-    c.train = dict(
-        num_steps=5000, log_every=100, eval_every=0, ckpt_every=1000, num_devices=0, progress=True,
-        inject_nan_at_step=-1,
-    )  # fmt: skip
+    c.train = train_defaults(num_steps=5000, log_every=100, ckpt_every=1000)
     return c
 
 
