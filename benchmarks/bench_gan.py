@@ -9,7 +9,7 @@ Parts (``--parts``, default ``step,peer``):
   step (``memory_analysis``: temporaries + arguments + outputs, the static peak).
 * ``peer``: the same DCGAN, non-saturating loss, alternating 1:1, Adam(2e-4, β₁ 0.5), as
   images/s against ``benchmarks/peers/gan_torch.py`` (PyTorch eager, same architecture
-  and parameter count) in the same process.
+  and parameter count) in the same process, at each of ``--peer-batches`` (16 and 64).
 * ``table`` (long; not in the default set): ``zoo train dcgan`` for ``--train-steps`` steps
   per loss in ``--losses`` × {alternating, single}, then classifier FID
   (:mod:`zoo.gan.evaluation`) of the raw and the EMA generator on ``--fid-samples``
@@ -122,23 +122,28 @@ def bench_step(args) -> list[dict]:
 
 
 def bench_peer(args, torch_ok: bool) -> list[dict]:
-    config = _config(args, "gan", "alternating")
-    zoo = {"section": "peer", "task": "dcgan 28x28 gan alternating 1:1", "impl": "zoo-jax", "batch": args.batch,
-           **_time_step(config, _images(args, args.batch), args)}  # fmt: skip
-    records = [zoo]
-    if torch_ok and not args.quick:
-        from benchmarks.peers import gan_torch
+    records = []
+    for batch in args.peer_batches:
+        config = _config(args, "gan", "alternating")
+        config.data.batch_size = batch
+        task = f"dcgan 28x28 gan alternating 1:1, batch {batch}"
+        zoo = {"section": "peer", "task": task, "impl": "zoo-jax", "batch": batch,
+               **_time_step(config, _images(args, batch), args)}  # fmt: skip
+        rows = [zoo]
+        if torch_ok and not args.quick:
+            from benchmarks.peers import gan_torch
 
-        with harness.OtherCpuLoad() as load:
-            times = gan_torch.time_train_step(28, 1, batch_size=args.batch, repeats=args.repeats, warmup=args.warmup)
-        g, d = gan_torch.build_dcgan(28, 1)
-        records.append({"section": "peer", "task": zoo["task"], "impl": "pytorch-eager", "batch": args.batch,
-                        **harness.summarize(times), "num_params": gan_torch.num_params(g) + gan_torch.num_params(d),
-                        "check_ok": True, "other_cpu_cores": load.cores})  # fmt: skip
-    for rec in records:
-        rec["images_per_s"] = args.batch / (rec["median_ms"] / 1e3)
-        rec["speedup_vs_peer"] = records[-1]["median_ms"] / rec["median_ms"] if len(records) > 1 else None
-    print("peer: " + "; ".join(f"{r['impl']} {r['images_per_s']:.0f} images/s" for r in records), flush=True)
+            with harness.OtherCpuLoad() as load:
+                times = gan_torch.time_train_step(28, 1, batch_size=batch, repeats=args.repeats, warmup=args.warmup)
+            g, d = gan_torch.build_dcgan(28, 1)
+            rows.append({"section": "peer", "task": task, "impl": "pytorch-eager", "batch": batch,
+                         **harness.summarize(times), "num_params": gan_torch.num_params(g) + gan_torch.num_params(d),
+                         "check_ok": True, "other_cpu_cores": load.cores})  # fmt: skip
+        for rec in rows:
+            rec["images_per_s"] = batch / (rec["median_ms"] / 1e3)
+            rec["speedup_vs_peer"] = rows[-1]["median_ms"] / rec["median_ms"] if len(rows) > 1 else None
+        print(f"peer batch {batch}: " + "; ".join(f"{r['impl']} {r['images_per_s']:.0f} images/s" for r in rows), flush=True)
+        records += rows
     return records
 
 
@@ -214,6 +219,7 @@ def _parser():
     p.add_argument("--parts", default=",".join(DEFAULT_PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--loss", default="hinge", help="the loss of the step part")
+    p.add_argument("--peer-batches", default="16,64", help="batch sizes of the peer part")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--losses", default=",".join(TABLE_LOSSES), help="the table part's losses")
@@ -230,8 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise SystemExit(f"error: --parts: unknown {unknown}; valid: {','.join(PARTS)}")
+    args.peer_batches = [int(b) for b in args.peer_batches.split(",") if b]
     if args.quick:
-        args.batch, args.repeats, args.warmup = 8, 2, 1
+        args.batch, args.repeats, args.warmup, args.peer_batches = 8, 2, 1, [8]
         args.train_steps, args.fid_samples = min(args.train_steps, 3), 64
     out_dir = args.out or (pathlib.Path(tempfile.mkdtemp(prefix="gan-bench-")) if args.quick else RESULTS_DIR)
     args.out_grids = out_dir / "grids" if args.quick else DOCS_DIR
