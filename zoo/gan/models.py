@@ -44,7 +44,8 @@ def _batch_norm(train: bool, name: str):
 
 class MLPGenerator(nn.Module):
     """The author's 10-32-128-784 ReLU generator (post 20) with his ``U(−0.05, 0.05)``
-    initialisation. His sigmoid output on ``[0, 1]`` pixels is ``2σ(h) − 1`` here.
+    kernels (zero biases, TF1's default). His sigmoid output on ``[0, 1]`` pixels is
+    ``2σ(h) − 1`` here.
 
     ``z [B, Z]`` -> ``[B, *image_shape]``.
     """
@@ -56,9 +57,9 @@ class MLPGenerator(nn.Module):
     def __call__(self, z, train: bool = True):
         h = z
         for i, width in enumerate(self.hidden):
-            h = nn.relu(nn.Dense(width, kernel_init=_uniform(0.05), bias_init=_uniform(0.05), name=f"Dense_{i}")(h))
+            h = nn.relu(nn.Dense(width, kernel_init=_uniform(0.05), name=f"Dense_{i}")(h))
         size = self.image_shape[0] * self.image_shape[1] * self.image_shape[2]
-        h = nn.Dense(size, kernel_init=_uniform(0.05), bias_init=_uniform(0.05), name="Dense_out")(h)
+        h = nn.Dense(size, kernel_init=_uniform(0.05), name="Dense_out")(h)
         return (2 * nn.sigmoid(h) - 1).reshape(z.shape[0], *self.image_shape)
 
 
