@@ -80,3 +80,18 @@ def test_configuration_errors_name_the_field():
     config.model.d_norm = "batch"
     with pytest.raises(ValueError, match="the MLP discriminator supports d_norm 'none' or 'spectral'"):
         make_models(config.model)
+
+
+def test_pixel_ranges():
+    from zoo.gan.task import to_model_range, to_symmetric
+
+    pixels = np.array([0, 255], np.uint8)
+    np.testing.assert_allclose(to_model_range(pixels), [-1.0, 1.0])
+    np.testing.assert_allclose(to_model_range(pixels, "unit"), [0.0, 1.0])
+    np.testing.assert_allclose(to_symmetric(np.array([0.0, 0.5, 1.0]), "unit"), [-1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="model.pixel_range must be one of .*got 'bytes'"):
+        to_model_range(pixels, "bytes")
+    config = dcgan.get_config("smoke")
+    config.model.pixel_range = "unit"
+    with pytest.raises(ValueError, match="tanh output needs 'symmetric'"):
+        make_models(config.model)

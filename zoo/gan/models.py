@@ -44,14 +44,15 @@ def _batch_norm(train: bool, name: str):
 
 class MLPGenerator(nn.Module):
     """The author's 10-32-128-784 ReLU generator (post 20) with his ``U(−0.05, 0.05)``
-    kernels (zero biases, TF1's default). His sigmoid output on ``[0, 1]`` pixels is
-    ``2σ(h) − 1`` here.
+    kernels (zero biases, TF1's default) and sigmoid output: pixels on ``[0, 1]``
+    (``unit_output``, his setting), or ``2σ(h) − 1`` on ``[−1, 1]``.
 
     ``z [B, Z]`` -> ``[B, *image_shape]``.
     """
 
     image_shape: tuple[int, int, int] = (28, 28, 1)
     hidden: tuple[int, ...] = (32, 128)
+    unit_output: bool = False
 
     @nn.compact
     def __call__(self, z, train: bool = True):
@@ -60,7 +61,8 @@ class MLPGenerator(nn.Module):
             h = nn.relu(nn.Dense(width, kernel_init=_uniform(0.05), name=f"Dense_{i}")(h))
         size = self.image_shape[0] * self.image_shape[1] * self.image_shape[2]
         h = nn.Dense(size, kernel_init=_uniform(0.05), name="Dense_out")(h)
-        return (2 * nn.sigmoid(h) - 1).reshape(z.shape[0], *self.image_shape)
+        x = nn.sigmoid(h) if self.unit_output else 2 * nn.sigmoid(h) - 1
+        return x.reshape(z.shape[0], *self.image_shape)
 
 
 class MLPDiscriminator(nn.Module):
@@ -160,8 +162,10 @@ def make_models(model_config) -> tuple[nn.Module, nn.Module]:
     if m.arch == "mlp":
         if m.d_norm == "batch":
             raise ValueError("model.d_norm: the MLP discriminator supports d_norm 'none' or 'spectral'; got 'batch'")
-        return MLPGenerator(shape), MLPDiscriminator(norm=m.d_norm)
+        return MLPGenerator(shape, unit_output=m.pixel_range == "unit"), MLPDiscriminator(norm=m.d_norm)
     if m.arch == "dcgan":
+        if m.pixel_range != "symmetric":
+            raise ValueError(f"model.pixel_range: the DCGAN generator's tanh output needs 'symmetric'; got {m.pixel_range!r}")
         _dcgan_levels(m.image_size)
         return (
             DCGANGenerator(m.image_size, m.channels, m.g_width),

@@ -26,9 +26,22 @@ from zoo.gan.models import make_encoder, make_models
 from zoo.gan.train import init_variables, make_optimizer, make_players, make_spec, make_update
 
 
-def to_model_range(images_uint8):
-    """uint8 pixels -> float32 on ``[−1, 1]``."""
-    return images_uint8.astype(jnp.float32) / 127.5 - 1.0
+PIXEL_RANGES = ("symmetric", "unit")
+
+
+def to_model_range(images_uint8, pixel_range: str = "symmetric"):
+    """uint8 pixels -> float32 on ``[−1, 1]`` (``"symmetric"``) or ``[0, 1]`` (``"unit"``,
+    the author's MLP GAN: background pixels are 0, which his ``U(−0.05, 0.05)``-initialised
+    ReLU critic relies on)."""
+    if pixel_range not in PIXEL_RANGES:
+        raise ValueError(f"model.pixel_range must be one of {PIXEL_RANGES}; got {pixel_range!r}")
+    x = images_uint8.astype(jnp.float32) / 255.0
+    return x if pixel_range == "unit" else 2.0 * x - 1.0
+
+
+def to_symmetric(samples, pixel_range: str) -> np.ndarray:
+    """Generator samples on the model's range -> ``[−1, 1]`` (what evaluation takes)."""
+    return np.asarray(samples) * 2.0 - 1.0 if pixel_range == "unit" else np.asarray(samples)
 
 
 def load_train_images(config) -> tuple[np.ndarray, int]:
@@ -87,6 +100,7 @@ def get_task(config: ml_collections.ConfigDict, workdir: Path | None) -> Task:
     if steps_per_epoch == 0:
         raise ValueError(f"data.batch_size {d.batch_size} × {spec.n_critic} critic steps exceeds the {len(train_images)} training images")
     image_shape = (m.image_size, m.image_size, m.channels)
+    to_model_range(np.zeros((1,), np.uint8), m.pixel_range)  # checks the name before any work
     update = make_update(spec, tx)
 
     @functools.lru_cache(maxsize=1)
@@ -111,7 +125,7 @@ def get_task(config: ml_collections.ConfigDict, workdir: Path | None) -> Task:
             step += 1
 
     def task_update(state, batch, key):
-        return update(state, {"images": to_model_range(batch["images"])}, key)
+        return update(state, {"images": to_model_range(batch["images"], m.pixel_range)}, key)
 
     def evaluate(variables_):
         e = config.eval
@@ -124,6 +138,7 @@ def get_task(config: ml_collections.ConfigDict, workdir: Path | None) -> Task:
         metrics = {}
         for suffix, params_g in (("", params["g"]), ("_ema", model_state["ema_g"])):
             samples = generate_samples(generator, players, params_g, model_state["g"], key, e.num_samples, e.batch_size)
+            samples = to_symmetric(samples, m.pixel_range)
             if workdir is not None:
                 evaluation.save_sample_grid(samples[: e.grid], Path(workdir) / f"samples{suffix}.png")
             if m.image_size != native_side:  # the reference classifier sees the data set's own size

@@ -14,7 +14,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model_name = "dcgan"
     c.seed = 0
     c.data = dict(name="fashion_mnist", data_dir="", batch_size=64, train_limit=0)
-    c.model = dict(arch="dcgan", image_size=28, channels=1, z_dim=100, z_dist="normal", g_width=64, d_width=64, d_norm="none")
+    c.model = dict(
+        arch="dcgan", image_size=28, channels=1, z_dim=100, z_dist="normal", g_width=64, d_width=64, d_norm="none",
+        pixel_range="symmetric",  # or "unit": [0, 1] pixels (the author's MLP GAN)
+    )  # fmt: skip
     c.gan = dict(
         loss="gan", update_mode="alternating", n_critic=1, single_loss_weight=1.0,
         penalty="none", penalty_weight=10.0, div_k=2.0, div_p=6.0,

