@@ -95,3 +95,14 @@ def test_pixel_ranges():
     config.model.pixel_range = "unit"
     with pytest.raises(ValueError, match="tanh output needs 'symmetric'"):
         make_models(config.model)
+
+
+def test_resize_uint8_to_the_64_pixel_model_and_back():
+    from zoo.gan.task import resize_uint8
+
+    images = np.random.default_rng(0).integers(0, 256, size=(3, 28, 28, 1), dtype=np.uint8)
+    big = resize_uint8(images, 64, chunk=2)
+    assert big.shape == (3, 64, 64, 1) and big.dtype == np.uint8
+    assert resize_uint8(images, 28) is images
+    flat = np.full((1, 28, 28, 1), 77, np.uint8)
+    np.testing.assert_array_equal(resize_uint8(resize_uint8(flat, 64), 28), flat)  # a constant image stays constant
