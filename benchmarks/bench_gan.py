@@ -13,7 +13,7 @@ Parts (``--parts``, default ``step,peer``):
 * ``table`` (long; not in the default set): ``zoo train dcgan`` for ``--train-steps`` steps
   per loss in ``--losses`` × {alternating, single}, then classifier FID
   (:mod:`zoo.gan.evaluation`) of the raw and the EMA generator on ``--fid-samples``
-  samples, plus the real-data floor; sample grids under ``docs/gan/table/``.
+  samples, plus the real-data floor; the EMA generator's sample grids go to ``docs/gan/table/``.
 
 Run: ``python -m benchmarks.run gan [--parts step,peer,table] [--quick] [--out DIR]``.
 Writes ``benchmarks/results/gan-<platform>.{jsonl,md}``; ``--parts table`` alone writes
@@ -89,6 +89,8 @@ def _time_step(config, images, args) -> dict:
     compiled = step.lower(state, batch, key).compile()
     compile_ms = (time.perf_counter() - t0) * 1e3
     mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost  # older jax returns one dict per device
     holder = {"state": state}
 
     def call():
@@ -98,7 +100,9 @@ def _time_step(config, images, args) -> dict:
     with harness.OtherCpuLoad() as load:
         r = harness.time_callable(call, warmup=args.warmup, repeats=args.repeats)
     loss = float(r.pop("output")["loss"])
+    gflop = cost.get("flops", 0.0) / 1e9 if cost else None  # exact here: no loops at n_critic = 1
     return {**r, "compile_ms": compile_ms, "num_params": n_params, "check_ok": bool(np.isfinite(loss)),
+            "gflop": gflop, "gflop_per_s": gflop / (r["median_ms"] / 1e3) if gflop else None,
             "temp_mb": mem.temp_size_in_bytes / 2**20 if mem else None,
             "peak_mb": (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes) / 2**20 if mem else None,
             "other_cpu_cores": load.cores}  # fmt: skip
@@ -121,8 +125,21 @@ def bench_step(args) -> list[dict]:
     return records
 
 
+def matmul_roofline(args) -> dict:
+    """The f32 matmul rate this machine reaches on a large, well-shaped product (the DCGAN
+    discriminator's widest im2col matmul, ``[3136, 1024] @ [1024, 128]``): the ceiling for
+    any implementation of a step made of such products."""
+    a = jax.random.normal(jax.random.key(0), (3136, 1024))
+    b = jax.random.normal(jax.random.key(1), (1024, 128))
+    r = harness.time_jax(jax.jit(lambda a, b: a @ b), a, b, warmup=args.warmup, repeats=max(args.repeats, 20))
+    r.pop("output", None)
+    gflop = 2 * 3136 * 1024 * 128 / 1e9
+    return {"section": "peer", "task": "f32 matmul [3136,1024]@[1024,128] (roofline)", "impl": "zoo-jax (XLA)",
+            "batch": None, **r, "gflop": gflop, "gflop_per_s": gflop / (r["median_ms"] / 1e3), "check_ok": True}  # fmt: skip
+
+
 def bench_peer(args, torch_ok: bool) -> list[dict]:
-    records = []
+    records = [matmul_roofline(args)]
     for batch in args.peer_batches:
         config = _config(args, "gan", "alternating")
         config.data.batch_size = batch
@@ -140,6 +157,9 @@ def bench_peer(args, torch_ok: bool) -> list[dict]:
                          **harness.summarize(times), "num_params": gan_torch.num_params(g) + gan_torch.num_params(d),
                          "check_ok": True, "other_cpu_cores": load.cores})  # fmt: skip
         for rec in rows:
+            if rec.get("gflop") is None and zoo.get("gflop"):  # same architecture, same arithmetic
+                rec["gflop"] = zoo["gflop"]
+                rec["gflop_per_s"] = zoo["gflop"] / (rec["median_ms"] / 1e3)
             rec["images_per_s"] = batch / (rec["median_ms"] / 1e3)
             rec["speedup_vs_peer"] = rows[-1]["median_ms"] / rec["median_ms"] if len(rows) > 1 else None
         print(f"peer batch {batch}: " + "; ".join(f"{r['impl']} {r['images_per_s']:.0f} images/s" for r in rows), flush=True)
@@ -173,10 +193,8 @@ def bench_table(args) -> list[dict]:
             except Exception as err:  # a diverged loss is a result, not a crash of the table
                 ev, ok = {"error": f"{type(err).__name__}: {err}"[:200]}, False
             wall = time.perf_counter() - t0
-            for suffix in ("", "_ema"):
-                src = workdir / f"samples{suffix}.png"
-                if src.exists():
-                    shutil.copy(src, grids / f"{loss}-{mode}{suffix}.png")
+            if (workdir / "samples_ema.png").exists():  # the EMA generator's grid (the raw one stays in workdir)
+                shutil.copy(workdir / "samples_ema.png", grids / f"{loss}-{mode}_ema.png")
             lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()] if (workdir / "metrics.jsonl").exists() else []
             rates = [x["steps_per_sec"] for x in lines if x["split"] == "train" and "steps_per_sec" in x][1:]
             records.append({"section": "table", "loss": loss, "update": mode, **ev, "wall_s": wall,
@@ -201,10 +219,12 @@ def write_markdown(path: pathlib.Path, env: dict, command: str, records: list[di
     sections = {
         "step": ("Single-loss step vs alternating 1:1 step (DCGAN 28x28)", [
             "task", "impl", "batch", "median_ms", "p90_ms", "compile_ms", ("time_vs_alternating", "time / alternating"),
-            ("peak_mb", "XLA peak MB"), ("temp_mb", "XLA temp MB"), "num_params", "check_ok", ("other_cpu_cores", "other cores")]),
+            ("peak_mb", "XLA peak MB"), ("temp_mb", "XLA temp MB"), ("gflop", "GFLOP"), ("gflop_per_s", "GFLOP/s"), "num_params",
+            "check_ok", ("other_cpu_cores", "other cores")]),
         "peer": ("DCGAN train step vs PyTorch eager", [
             "task", "impl", "batch", "median_ms", "p90_ms", ("images_per_s", "images/s"),
-            ("speedup_vs_peer", "speed-up vs peer"), "num_params", "check_ok", ("other_cpu_cores", "other cores")]),
+            ("speedup_vs_peer", "speed-up vs peer"), ("gflop", "GFLOP"), ("gflop_per_s", "GFLOP/s"), "num_params", "check_ok",
+            ("other_cpu_cores", "other cores")]),
         "table": (f"Loss x update: {fid_name} after {args.train_steps} steps ({args.fid_samples} samples)", [
             "loss", "update", ("fid_classifier", "FID"), ("fid_classifier_ema", "FID (EMA G)"),
             ("classifier_score", "score"), ("classifier_score_ema", "score (EMA G)"), ("ms_per_step", "ms/step"), "check_ok"]),
