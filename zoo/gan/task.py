@@ -55,6 +55,8 @@ def load_train_images(config) -> tuple[np.ndarray, int]:
 
 
 def resize_uint8(images: np.ndarray, side: int, chunk: int = 2000) -> np.ndarray:
+    """uint8 ``[N, H, W, C]`` -> ``[N, side, side, C]`` (bilinear, rounded; the input itself
+    when it already has that size), ``chunk`` images per device call."""
     if images.shape[1] == side and images.shape[2] == side:
         return images
     resize = jax.jit(lambda x: jax.image.resize(x.astype(jnp.float32), (x.shape[0], side, side, x.shape[3]), "bilinear"))
@@ -85,7 +87,8 @@ def _jitted_sampler(generator, players):
 
 
 def generate_samples(generator, players, params_g, state_g, key, num: int, batch_size: int) -> np.ndarray:
-    """``num`` images ``[num, S, S, C]`` on ``[−1, 1]`` in batches of ``batch_size``."""
+    """``num`` images ``[num, S, S, C]`` on the model's pixel range, in batches of ``batch_size``
+    (G in train mode: BatchNorm uses each batch's statistics, which are discarded)."""
     sample = _jitted_sampler(generator, players)
     chunks = [sample(params_g, state_g, jax.random.fold_in(key, i), batch_size) for i in range(-(-num // batch_size))]
     return np.concatenate([np.asarray(c) for c in chunks])[:num]
