@@ -15,6 +15,7 @@ SUITES = {
     "capsules": "benchmarks.bench_capsules",
     "flows": "benchmarks.bench_flows",
     "gan": "benchmarks.bench_gan",
+    "decode": "benchmarks.bench_decode",
 }
 
 
