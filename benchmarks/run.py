@@ -16,6 +16,7 @@ SUITES = {
     "flows": "benchmarks.bench_flows",
     "gan": "benchmarks.bench_gan",
     "decode": "benchmarks.bench_decode",
+    "attention": "benchmarks.bench_attention",
 }
 
 
