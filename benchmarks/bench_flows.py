@@ -259,7 +259,7 @@ def bench_train(args, torch_ok: bool) -> list[dict]:
 # --------------------------------------------------------------------------- #
 
 
-def write_markdown(path: pathlib.Path, env: dict, command: str, records: list[dict], notes: list[str]):
+def markdown(env: dict, command: str, records: list[dict], notes: list[str]) -> str:
     sections = {
         "logdet": ("LU log-det vs slogdet (forward + gradient)", [
             "task", "impl", "channels", "median_ms", "p90_ms", "compile_ms", ("time_vs_lu", "time / LU"), "check_ok",
@@ -275,7 +275,7 @@ def write_markdown(path: pathlib.Path, env: dict, command: str, records: list[di
     }  # fmt: skip
     protocol = ("median and p90 of timed calls after warm-up; JAX calls end in block_until_ready; compile "
                 "time measured separately; 'time / zoo' > 1 means the zoo is that many times faster.")
-    path.write_text(harness.markdown_report("Flows benchmark", env, command, protocol, sections, records, notes))
+    return harness.markdown_report("Flows benchmark", env, command, protocol, sections, records, notes)
 
 
 def _parser():
@@ -307,14 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         args.channels, args.depths, args.repeats, args.warmup = (4, 8), (1, 2), 2, 1
         args.train_steps = min(args.train_steps, 3)
     out_dir = args.out or (pathlib.Path(tempfile.mkdtemp(prefix="flows-bench-")) if args.quick else RESULTS_DIR)
-    try:
-        import torch
-        from benchmarks.peers import flows_torch  # noqa: F401  (normflows)
-
-        torch_ok, env_threads = True, torch.get_num_threads()
-    except ImportError as exc:
-        torch_ok, env_threads = False, None
-        print(f"peer unavailable ({exc}); zoo rows only (bash scripts/setup.sh peers)", flush=True)
+    torch_ok, env_threads = harness.torch_peer("benchmarks.peers.flows_torch")
     env = harness.environment()
     env["torch_threads"] = env_threads
     command = shlex.join(getattr(sys, "orig_argv", sys.argv))
@@ -330,17 +323,13 @@ def main(argv: list[str] | None = None) -> int:
     records = [{"record": "result", "suite": "flows", **r} for r in records]
     env["load_avg_1m_end"] = harness.load_average()
     notes = [] if torch_ok else ["normflows/torch not importable: zoo rows only"]
-    busy = [f"{r['task']} {r['impl']}" for r in records if (r.get("other_cpu_cores") or 0) > 0.2]
-    if busy:
-        notes.append("WARNING: other processes kept > 0.2 cores busy while timing " + "; ".join(busy))
+    notes += harness.timing_notes(records)
     failed = [f"{r['task']} {r['impl']}" for r in records if not r["check_ok"]]
     if failed:
         notes.append("CHECK FAILED: " + "; ".join(failed))
     stem = out_dir / (f"flows-{env['platform']}" if parts != ["train"] else f"flows-train-{env['platform']}")
-    harness.write_jsonl(stem.with_suffix(".jsonl"), [{"record": "environment", "command": command, **env}] + records)
-    write_markdown(stem.with_suffix(".md"), env, command, records, notes)
     print("\n".join(notes))
-    print(f"wrote {stem}.jsonl and {stem}.md")
+    harness.write_results(stem, env, command, records, markdown(env, command, records, notes))
     return 1 if failed else 0
 
 

@@ -212,7 +212,7 @@ def bench_table(args) -> list[dict]:
     return records
 
 
-def write_markdown(path: pathlib.Path, env: dict, command: str, records: list[dict], notes: list[str], args):
+def markdown(env: dict, command: str, records: list[dict], notes: list[str], args) -> str:
     from zoo.gan.evaluation import metric_names
 
     fid_name = metric_names("fashion_mnist")["fid_classifier"]
@@ -231,7 +231,7 @@ def write_markdown(path: pathlib.Path, env: dict, command: str, records: list[di
     }  # fmt: skip
     protocol = ("median and p90 of timed calls after warm-up; JAX calls end in block_until_ready; compile "
                 "time measured separately; 'speed-up vs peer' > 1 means the zoo is that many times faster.")
-    path.write_text(harness.markdown_report("GAN benchmark", env, command, protocol, sections, records, notes))
+    return harness.markdown_report("GAN benchmark", env, command, protocol, sections, records, notes)
 
 
 def _parser():
@@ -262,15 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         args.train_steps, args.fid_samples = min(args.train_steps, 3), 64
     out_dir = args.out or (pathlib.Path(tempfile.mkdtemp(prefix="gan-bench-")) if args.quick else RESULTS_DIR)
     args.out_grids = out_dir / "grids" if args.quick else DOCS_DIR
-    try:
-        import torch
-
-        from benchmarks.peers import gan_torch  # noqa: F401
-
-        torch_ok, env_threads = True, torch.get_num_threads()
-    except ImportError as exc:
-        torch_ok, env_threads = False, None
-        print(f"peer unavailable ({exc}); zoo rows only (bash scripts/setup.sh peers)", flush=True)
+    torch_ok, env_threads = harness.torch_peer("benchmarks.peers.gan_torch")
     env = harness.environment()
     env["torch_threads"] = env_threads
     command = shlex.join(getattr(sys, "orig_argv", sys.argv))
@@ -284,18 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     records = [{"record": "result", "suite": "gan", **r} for r in records]
     env["load_avg_1m_end"] = harness.load_average()
     notes = [] if torch_ok else ["torch not importable: zoo rows only"]
-    busy = [f"{r['task']} {r['impl']}" for r in records if (r.get("other_cpu_cores") or 0) > 0.2]
-    if busy:
-        notes.append("WARNING: other processes kept > 0.2 cores busy while timing " + "; ".join(busy))
+    notes += harness.timing_notes(records)
     failed = [f"{r.get('task', r.get('loss'))} {r.get('impl', r.get('update'))}" for r in records if not r["check_ok"]]
     if failed:
         notes.append("CHECK FAILED (non-finite loss or metric): " + "; ".join(failed))
     stem = out_dir / (f"gan-{env['platform']}" if parts != ["table"] else f"gan-table-{env['platform']}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    harness.write_jsonl(stem.with_suffix(".jsonl"), [{"record": "environment", "command": command, **env}] + records)
-    write_markdown(stem.with_suffix(".md"), env, command, records, notes, args)
     print("\n".join(notes))
-    print(f"wrote {stem}.jsonl and {stem}.md")
+    harness.write_results(stem, env, command, records, markdown(env, command, records, notes, args))
     return 1 if failed and parts != ["table"] else 0
 
 

@@ -26,7 +26,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["summarize", "time_jax", "time_callable", "OtherCpuLoad", "environment", "write_jsonl", "markdown_table", "markdown_report"]
+__all__ = ["summarize", "time_jax", "time_callable", "OtherCpuLoad", "environment", "write_jsonl", "markdown_table", "markdown_report",
+           "torch_peer", "timing_notes", "write_results"]
 
 # Distributions whose versions matter to a result; absent ones are reported as None.
 _VERSIONED = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "pytorch-crf", "torch-struct")
@@ -234,3 +235,32 @@ def markdown_report(title: str, env: dict, command: str, protocol: str, sections
     if notes:
         out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(out)
+
+
+def torch_peer(module: str) -> tuple[bool, int | None]:
+    """``(importable, torch threads)`` for a PyTorch peer module (e.g. ``benchmarks.peers.gan_torch``);
+    prints how to install the peers when it is not."""
+    try:
+        import importlib
+
+        import torch
+
+        importlib.import_module(module)
+        return True, torch.get_num_threads()
+    except ImportError as exc:
+        print(f"peer unavailable ({exc}); zoo rows only (bash scripts/setup.sh peers)", flush=True)
+        return False, None
+
+
+def timing_notes(records: Sequence[dict]) -> list[str]:
+    """A warning naming the rows timed while other processes kept > 0.2 cores busy."""
+    busy = [f"{r['task']} {r['impl']}" for r in records if (r.get("other_cpu_cores") or 0) > 0.2]
+    return ["WARNING: other processes kept > 0.2 cores busy while timing " + "; ".join(busy)] if busy else []
+
+
+def write_results(stem: pathlib.Path, env: dict, command: str, records: list[dict], markdown: str) -> None:
+    """``<stem>.jsonl`` (the environment record, then the results) and ``<stem>.md``."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(stem.with_suffix(".jsonl"), [{"record": "environment", "command": command, **env}] + records)
+    stem.with_suffix(".md").write_text(markdown)
+    print(f"wrote {stem}.jsonl and {stem}.md")

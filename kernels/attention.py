@@ -33,23 +33,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernels.checks import argument_error as _error, concrete as _concrete
+
 IMPLEMENTATIONS = ("reference", "xla")
 
 # --------------------------------------------------------------------------- #
 # Argument checks
 # --------------------------------------------------------------------------- #
-
-
-def _error(fn, name, expected, got):
-    return ValueError(f"{fn}: `{name}` must be {expected}; got {got}")
-
-
-def _concrete(x):
-    """``x`` as a numpy array when its values are known, ``None`` under tracing (jit/vmap/grad)."""
-    try:
-        return np.asarray(x)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return None
 
 
 def _check_int_array(fn, name, x, rank, what):

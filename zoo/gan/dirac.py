@@ -70,6 +70,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernels.checks import argument_error as _error
+
 DYNAMICS = ("vanilla", "wgan_hard", "wgan_gp1", "zero_gp")
 DEFAULT_LAM = {"wgan_gp1": 0.1, "zero_gp": 0.1}
 DEFAULT_SUBSTEPS = {"vanilla": 2, "wgan_hard": 10, "wgan_gp1": 2, "zero_gp": 2}  # RK4 steps per dt
@@ -79,10 +81,6 @@ REAL = np.zeros(2, np.float32)  # the real data point (numpy: importing starts n
 # --------------------------------------------------------------------------- #
 # Argument checks
 # --------------------------------------------------------------------------- #
-
-
-def _error(fn, name, expected, got):
-    return ValueError(f"{fn}: `{name}` must be {expected}; got {got}")
 
 
 def _check_name(fn, name):

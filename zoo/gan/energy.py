@@ -23,13 +23,11 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from kernels.checks import argument_error as _error
+
 # --------------------------------------------------------------------------- #
 # Argument checks
 # --------------------------------------------------------------------------- #
-
-
-def _error(fn, name, expected, got):
-    return ValueError(f"{fn}: `{name}` must be {expected}; got {got}")
 
 
 def _check_latents(fn, z, name="z0"):

@@ -40,10 +40,11 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from kernels.checks import argument_error as _error
+from zoo.core.images import save_grid
 from zoo.core.layers import Conv
 from zoo.data.images import IMAGE_DATASETS, load_images
 from zoo.data.sources import default_data_dir
-from zoo.core.images import save_grid
 
 Params = Any
 
@@ -74,10 +75,6 @@ DATASET_TITLES = {
 # --------------------------------------------------------------------------- #
 # Argument checks
 # --------------------------------------------------------------------------- #
-
-
-def _error(fn, name, expected, got):
-    return ValueError(f"{fn}: `{name}` must be {expected}; got {got}")
 
 
 def _as_float64(fn, name, x, ndim, what):

@@ -72,6 +72,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from kernels.checks import argument_error as _error
+
 Array = jax.Array
 LOG2 = math.log(2.0)
 
@@ -103,10 +105,6 @@ class FDivergence(NamedTuple):
     activation: Callable[[Array], Array]
     conjugate: Callable[[Array], Array]
     conjugate_of_activation: Callable[[Array], Array]
-
-
-def _error(fn, name, expected, got):
-    return ValueError(f"{fn}: `{name}` must be {expected}; got {got}")
 
 
 def _as_scores(fn, name, x):

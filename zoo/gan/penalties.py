@@ -30,6 +30,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from kernels.checks import argument_error as _error
+
 Array = jax.Array
 DiscriminatorFn = Callable[[Array], Array]  # x [B, ...] -> raw outputs [B]
 
@@ -41,10 +43,6 @@ NORM_EPS = 1e-12
 # --------------------------------------------------------------------------- #
 # Argument checks
 # --------------------------------------------------------------------------- #
-
-
-def _error(fn, name, expected, got):
-    return ValueError(f"{fn}: `{name}` must be {expected}; got {got}")
 
 
 def _check_batch(fn, x, name="x"):

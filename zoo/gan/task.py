@@ -29,12 +29,16 @@ from zoo.gan.train import init_variables, make_optimizer, make_players, make_spe
 PIXEL_RANGES = ("symmetric", "unit")
 
 
+def check_pixel_range(pixel_range: str) -> None:
+    if pixel_range not in PIXEL_RANGES:
+        raise ValueError(f"model.pixel_range must be one of {PIXEL_RANGES}; got {pixel_range!r}")
+
+
 def to_model_range(images_uint8, pixel_range: str = "symmetric"):
     """uint8 pixels -> float32 on ``[−1, 1]`` (``"symmetric"``) or ``[0, 1]`` (``"unit"``,
     the author's MLP GAN: background pixels are 0, which his ``U(−0.05, 0.05)``-initialised
     ReLU critic relies on)."""
-    if pixel_range not in PIXEL_RANGES:
-        raise ValueError(f"model.pixel_range must be one of {PIXEL_RANGES}; got {pixel_range!r}")
+    check_pixel_range(pixel_range)
     x = images_uint8.astype(jnp.float32) / 255.0
     return x if pixel_range == "unit" else 2.0 * x - 1.0
 
@@ -54,12 +58,18 @@ def load_train_images(config) -> tuple[np.ndarray, int]:
     return resize_uint8(images, m.image_size), images.shape[1]
 
 
+@functools.lru_cache(maxsize=4)
+def _bilinear_resize(side: int):
+    # One jitted function per target side, kept across calls (each evaluation of a 64×64 run resizes).
+    return jax.jit(lambda x: jax.image.resize(x.astype(jnp.float32), (x.shape[0], side, side, x.shape[3]), "bilinear"))
+
+
 def resize_uint8(images: np.ndarray, side: int, chunk: int = 2000) -> np.ndarray:
     """uint8 ``[N, H, W, C]`` -> ``[N, side, side, C]`` (bilinear, rounded; the input itself
     when it already has that size), ``chunk`` images per device call."""
     if images.shape[1] == side and images.shape[2] == side:
         return images
-    resize = jax.jit(lambda x: jax.image.resize(x.astype(jnp.float32), (x.shape[0], side, side, x.shape[3]), "bilinear"))
+    resize = _bilinear_resize(side)
     out = [np.asarray(resize(images[i : i + chunk])) for i in range(0, len(images), chunk)]
     return np.clip(np.rint(np.concatenate(out)), 0, 255).astype(np.uint8)
 
@@ -103,7 +113,7 @@ def get_task(config: ml_collections.ConfigDict, workdir: Path | None) -> Task:
     if steps_per_epoch == 0:
         raise ValueError(f"data.batch_size {d.batch_size} × {spec.n_critic} critic steps exceeds the {len(train_images)} training images")
     image_shape = (m.image_size, m.image_size, m.channels)
-    to_model_range(np.zeros((1,), np.uint8), m.pixel_range)  # checks the name before any work
+    check_pixel_range(m.pixel_range)
     update = make_update(spec, tx)
 
     @functools.lru_cache(maxsize=1)

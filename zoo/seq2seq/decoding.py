@@ -62,6 +62,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernels.checks import argument_error as _error, concrete as _concrete
+
 _TOP_P_ITERS = 32  # bisection steps over float32 bit patterns; 30 suffice for [0, 1]
 _ONE_PLUS_BITS = 0x3F800001  # bit pattern just above 1.0f
 
@@ -97,18 +99,6 @@ class BeamOutput(NamedTuple):
 # --------------------------------------------------------------------------- #
 # Argument checks
 # --------------------------------------------------------------------------- #
-
-
-def _error(fn, name, expected, got):
-    return ValueError(f"{fn}: `{name}` must be {expected}; got {got}")
-
-
-def _concrete(x):
-    """``x`` as a numpy array when its values are known, ``None`` under tracing."""
-    try:
-        return np.asarray(x)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return None
 
 
 def _is_int(x):
