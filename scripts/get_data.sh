@@ -2,6 +2,8 @@
 # Fetches data sets that are not Python packages, without root, into ~/.cache/zoo/raw
 # (or $ZOO_RAW_DIR). Usage:
 #   bash scripts/get_data.sh fashion_mnist   # Debian dataset-fashion-mnist (30.9 MB .deb)
+#   bash scripts/get_data.sh chinese_poetry  # npm chinese-poetry@2.0.1 (85.5 MB); only to rebuild
+#                                            # the committed quatrain extract (python -m zoo.data.poetry --rebuild)
 set -euo pipefail
 RAW=${ZOO_RAW_DIR:-$HOME/.cache/zoo/raw}
 case "${1:-}" in
@@ -22,5 +24,12 @@ case "${1:-}" in
     mkdir -p "$dest" && cp "$work"/x/usr/share/datasets/fashion-mnist/*.gz "$dest/"
     echo "Fashion-MNIST IDX files in $dest"
     ;;
-  *) echo "usage: bash scripts/get_data.sh fashion_mnist" >&2; exit 2 ;;
+  chinese_poetry)
+    dest="$RAW/npm"
+    if [ -d "$dest/node_modules/chinese-poetry/dist/quantangshi" ]; then echo "already there: $dest"; exit 0; fi
+    command -v npm >/dev/null || { echo "npm not found; install Debian's npm (apt-get install -y npm)" >&2; exit 1; }
+    mkdir -p "$dest" && (cd "$dest" && npm install --no-save --no-audit --no-fund chinese-poetry@2.0.1)
+    echo "chinese-poetry in $dest/node_modules/chinese-poetry"
+    ;;
+  *) echo "usage: bash scripts/get_data.sh fashion_mnist|chinese_poetry" >&2; exit 2 ;;
 esac

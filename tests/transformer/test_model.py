@@ -2,8 +2,6 @@
 
 import functools
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np

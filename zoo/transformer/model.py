@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 
-from kernels.attention import causal_mask, masked_attention
+from kernels.attention import causal_mask, combine_masks, masked_attention, unilm_mask
 
 
 def sinusoidal_positions(max_len: int, d_model: int) -> np.ndarray:
@@ -68,14 +68,15 @@ class Block(nn.Module):
     head_dim: int
     mlp_dim: int
     scale_attention: bool = True
+    use_bias: bool = True
 
     def setup(self):
         hd = (self.num_heads, self.head_dim)
         self.ln_attn = nn.LayerNorm(epsilon=1e-6)
-        self.query = nn.DenseGeneral(hd)
-        self.key = nn.DenseGeneral(hd)
-        self.value = nn.DenseGeneral(hd)
-        self.out = nn.DenseGeneral(self.num_heads * self.head_dim, axis=(-2, -1))
+        self.query = nn.DenseGeneral(hd, use_bias=self.use_bias)
+        self.key = nn.DenseGeneral(hd, use_bias=self.use_bias)
+        self.value = nn.DenseGeneral(hd, use_bias=self.use_bias)
+        self.out = nn.DenseGeneral(self.num_heads * self.head_dim, axis=(-2, -1), use_bias=self.use_bias)
         self.ln_mlp = nn.LayerNorm(epsilon=1e-6)
         self.mlp_in = nn.Dense(self.mlp_dim)
         self.mlp_out = nn.Dense(self.num_heads * self.head_dim)
@@ -94,13 +95,16 @@ class Block(nn.Module):
         y = self._mlp(x + self.out(att))
         return (y, (k, v)) if return_kv else y
 
-    def step(self, x, position, k_cache, v_cache):
-        """One token: ``x [B, 1, d]`` at ``position``; caches ``[B, max_len, H, D]``."""
+    def step(self, x, position, k_cache, v_cache, key_valid=None):
+        """One token: ``x [B, 1, d]`` at ``position``; caches ``[B, max_len, H, D]``;
+        ``key_valid [B, max_len]`` bool, optional: cached keys that may be attended to."""
         h = self.ln_attn(x)
         q, k, v = self.query(h), self.key(h), self.value(h)
         k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, position, 0, 0))
         v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, position, 0, 0))
         visible = (jnp.arange(k_cache.shape[1]) <= position)[None, None, None, :]  # [1, 1, 1, max_len]
+        if key_valid is not None:
+            visible = visible & key_valid[:, None, None, :]
         att = masked_attention(q, k_cache, v_cache, mask=visible, scale=self._scale(), impl="xla")
         return self._mlp(x + self.out(att)), k_cache, v_cache
 
@@ -118,6 +122,7 @@ class TransformerLM(nn.Module):
     mlp_dim: int
     max_len: int
     scale_attention: bool = True
+    use_bias: bool = True
 
     @property
     def d_model(self) -> int:
@@ -126,7 +131,7 @@ class TransformerLM(nn.Module):
     def setup(self):
         self.embed = nn.Embed(self.vocab_size, self.d_model)
         self.blocks = [
-            Block(self.num_heads, self.head_dim, self.mlp_dim, self.scale_attention, name=f"block_{i}")
+            Block(self.num_heads, self.head_dim, self.mlp_dim, self.scale_attention, self.use_bias, name=f"block_{i}")
             for i in range(self.num_layers)
         ]
         self.ln_final = nn.LayerNorm(epsilon=1e-6)
@@ -139,19 +144,28 @@ class TransformerLM(nn.Module):
         if t > self.max_len:
             raise ValueError(f"TransformerLM.{fn}: sequence length {t} exceeds max_len = {self.max_len}")
 
-    def _embed(self, tokens):
-        t = tokens.shape[1]
-        return self.embed(tokens) + self._positions()[None, :t]
+    def _embed(self, tokens, positions=None):
+        if positions is None:
+            return self.embed(tokens) + self._positions()[None, : tokens.shape[1]]
+        return self.embed(tokens) + jnp.take(self._positions(), positions, axis=0)
 
     def _logits(self, x):
         return self.head(self.ln_final(x))
 
-    def __call__(self, tokens, mask=None):
-        """``tokens [B, T]`` int, ``mask`` bool broadcastable to ``[B, 1, T, T]`` -> ``[B, T, V]``."""
+    def __call__(self, tokens, mask=None, positions=None):
+        """``tokens [B, T]`` int, ``mask`` bool broadcastable to ``[B, 1, T, T]`` -> ``[B, T, V]``.
+
+        ``positions [B, T]`` int (default ``arange(T)``): the position id of each token, for
+        the permutation LM written as shuffled tokens *with their positions* under the causal
+        mask (post 6933); values must lie in ``[0, max_len)`` (not checked under jit).
+        """
         if jnp.ndim(tokens) != 2:
             raise ValueError(f"TransformerLM: tokens must be [B, T]; got shape {jnp.shape(tokens)}")
         self._check_len("__call__", tokens.shape[1])
-        x = self._embed(tokens)
+        if positions is not None and jnp.shape(positions) != jnp.shape(tokens):
+            raise ValueError(f"TransformerLM: positions must have the shape of tokens {jnp.shape(tokens)}; "
+                             f"got {jnp.shape(positions)}")
+        x = self._embed(tokens, positions)
         for block in self.blocks:
             x = block(x, mask)
         return self._logits(x)
@@ -170,15 +184,41 @@ class TransformerLM(nn.Module):
             vs.append(jnp.pad(v.astype(jnp.float32), pad))
         return self._logits(x), {"k": tuple(ks), "v": tuple(vs)}
 
+    def prefill_source(self, tokens, key_valid=None):
+        """UniLM source pass: ``tokens [B, S]`` attend **bidirectionally** to the valid source
+        keys (``key_valid [B, S]`` bool, default all). Returns ``(logits [B, S, V], cache)``:
+        keys and values at positions ``< S``, and ``cache["valid"] [B, max_len]`` = the source
+        validity, ``True`` at every position ``>= S`` (where the target will be written)."""
+        b, s = tokens.shape
+        self._check_len("prefill_source", s)
+        valid = jnp.ones((b, s), bool) if key_valid is None else jnp.asarray(key_valid, bool)
+        x = self._embed(tokens)
+        mask = valid[:, None, None, :]
+        ks, vs = [], []
+        pad = ((0, 0), (0, self.max_len - s), (0, 0), (0, 0))
+        for block in self.blocks:
+            x, (k, v) = block(x, mask, return_kv=True)
+            ks.append(jnp.pad(k.astype(jnp.float32), pad))
+            vs.append(jnp.pad(v.astype(jnp.float32), pad))
+        full_valid = jnp.pad(valid, ((0, 0), (0, self.max_len - s)), constant_values=True)
+        return self._logits(x), {"k": tuple(ks), "v": tuple(vs), "valid": full_valid}
+
     def decode_step(self, tokens_t, position, cache):
-        """``tokens_t [B]`` at ``position`` (int32 scalar, may be traced) -> ``(logits [B, V], cache)``."""
+        """``tokens_t [B]`` at ``position`` (int32 scalar, may be traced) -> ``(logits [B, V], cache)``.
+
+        A cache from :meth:`prefill_source` carries ``"valid"`` (UniLM: padded source keys stay
+        invisible); one from :meth:`init_cache` / :meth:`prefill` does not."""
         x = self.embed(tokens_t)[:, None, :] + self._positions()[position][None, None, :]
+        valid = cache.get("valid")
         ks, vs = [], []
         for block, kc, vc in zip(self.blocks, cache["k"], cache["v"]):
-            x, kc, vc = block.step(x, position, kc, vc)
+            x, kc, vc = block.step(x, position, kc, vc, valid)
             ks.append(kc)
             vs.append(vc)
-        return self._logits(x)[:, 0], {"k": tuple(ks), "v": tuple(vs)}
+        new = {"k": tuple(ks), "v": tuple(vs)}
+        if valid is not None:
+            new["valid"] = valid
+        return self._logits(x)[:, 0], new
 
     def init_cache(self, batch: int, dtype=jnp.float32):
         """Zero cache: ``{"k": L × [batch, max_len, H, D], "v": same}`` (needs no params)."""
@@ -233,3 +273,56 @@ def cached_prefill(model: TransformerLM, params, prompt):
         return model.init_cache(b)
     _, cache = model.apply(params, prompt[:, : p - 1], method=TransformerLM.prefill)
     return cache
+
+
+# --------------------------------------------------------------------------- #
+# UniLM seq2seq decoding: the bidirectional source is cached once
+# --------------------------------------------------------------------------- #
+
+
+def unilm_prefill(model: TransformerLM, params, source, key_valid=None):
+    """The decoders' cache for a UniLM prompt ``source [B, S]`` (``[CLS] src [SEP]``, segment 0).
+
+    Runs :meth:`TransformerLM.prefill_source` over the **whole** source, so every source key
+    and value is the bidirectional one the model was trained with. The decoders' first call
+    (``step = S - 1``) feeds ``source[:, S - 1]`` again; its query sees exactly the valid
+    source keys, the same set as in the bidirectional pass, so it rewrites slot ``S - 1``
+    with the values already there and returns the first target token's logits. Use with
+    :func:`make_cached_logits_fn`. Every cache leaf (``k``, ``v``, ``valid``) has the leading
+    batch axis :func:`zoo.seq2seq.beam_search` repeats.
+
+    ``key_valid [B, S]`` marks real source tokens; pad sources on the **left** so that
+    ``[SEP]`` (the query for the first target token) sits at ``S - 1`` in every row, and train
+    with the same layout.
+    """
+    source = jnp.asarray(source, jnp.int32)
+    if source.ndim != 2 or source.shape[1] < 1:
+        raise ValueError(f"unilm_prefill: source must be [B, S] with S >= 1; got shape {source.shape}")
+    if source.shape[1] > model.max_len:
+        raise ValueError(f"unilm_prefill: source length {source.shape[1]} exceeds max_len = {model.max_len}")
+    if key_valid is not None and jnp.shape(key_valid) != source.shape:
+        raise ValueError(f"unilm_prefill: key_valid must have the shape of source {source.shape}; "
+                         f"got {jnp.shape(key_valid)}")
+    _, cache = model.apply(params, source, key_valid, method=TransformerLM.prefill_source)
+    return cache
+
+
+def make_unilm_recompute_logits_fn(model: TransformerLM, params, source_length: int, key_valid=None):
+    """``logits_fn`` that reruns the whole buffer under the UniLM mask each step (the author's
+    O(L²) decoding): positions ``< source_length`` are segment 0, the rest segment 1.
+    ``key_valid [B, source_length]`` as in :func:`unilm_prefill` (rows are repeated when the
+    decoder's batch is a multiple of ``B``, as beam search's ``B * K`` is)."""
+    def logits_fn(tokens, step, cache):
+        _check_buffer(model, "unilm recompute logits_fn", tokens)
+        rows, length = tokens.shape
+        segments = (jnp.arange(length) >= source_length).astype(jnp.int32)
+        mask = unilm_mask(jnp.broadcast_to(segments, (rows, length)))
+        if key_valid is not None:
+            valid = jnp.asarray(key_valid, bool)
+            valid = jnp.repeat(valid, rows // valid.shape[0], axis=0)
+            valid = jnp.pad(valid, ((0, 0), (0, length - source_length)), constant_values=True)
+            mask = combine_masks(mask, valid[:, None, None, :])
+        logits = model.apply(params, tokens, mask)
+        return jax.lax.dynamic_index_in_dim(logits, step, axis=1, keepdims=False), cache
+
+    return logits_fn
