@@ -393,3 +393,56 @@ _KEY = jax.random.PRNGKey(0)
 def test_bad_arguments_raise(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# --------------------------------------------------------------------------- #
+# The author's stop rule (bert4keras beam_search, min_ends = 1)
+# --------------------------------------------------------------------------- #
+
+
+def author_beam_search(table, prompt_row, topk, maxlen, eos_id):
+    """bert4keras ``AutoRegressiveDecoder.beam_search`` transcribed to numpy, one row, with the
+    toy table model: shrinking beams, return as soon as the best beam ends."""
+    p = len(prompt_row)
+    output_ids = np.zeros((1, 0), np.int64)
+    output_scores = np.zeros(1)
+    for step in range(maxlen):
+        prev = prompt_row[-1] if step == 0 else output_ids[:, -1]
+        logp = np.stack([log_softmax64(table[p - 1 + step, t]) for t in np.broadcast_to(prev, (len(output_scores),))])
+        scores = output_scores[:, None] + logp
+        flat = scores.ravel()
+        indices = np.argsort(-flat, kind="stable")[:topk]
+        rows, cols = indices // logp.shape[1], indices % logp.shape[1]
+        output_ids = np.concatenate([output_ids[rows], cols[:, None]], 1)
+        output_scores = flat[indices]
+        is_end = output_ids[:, -1] == eos_id
+        best = output_scores.argmax()
+        if is_end[best]:
+            return output_ids[best].tolist(), output_scores[best]
+        keep = ~is_end
+        if not keep.all():
+            output_ids, output_scores = output_ids[keep], output_scores[keep]
+            topk = int(keep.sum())
+    best = output_scores.argmax()
+    return output_ids[best].tolist(), output_scores[best]
+
+
+@pytest.mark.parametrize("eos_bias", [0.0, 1.5])
+def test_author_stop_rule_equals_bert4keras_beam_search(rng, eos_bias):
+    eos, n, k = 0, 6, 3
+    for trial, vocab in itertools.product(range(6), (2, 3, 5)):  # small vocabularies: dead beams
+        table = random_table(rng, vocab=vocab, length=P + n, eos_bias=eos_bias)
+        prompt = rng.integers(1, vocab, size=(3, P))
+        out = as_np(jax.jit(lambda p: dec.beam_search(table_model(table), p, beam_size=k, max_new_tokens=n,
+                                                      eos_id=eos, stop_rule="best_finished"))(prompt))
+        for b in range(3):
+            seq, score = author_beam_search(table, prompt[b], k, n, eos)
+            length = out.lengths[b, 0]
+            assert out.tokens[b, 0, P:P + length].tolist() == seq, (trial, b)
+            np.testing.assert_allclose(out.scores[b, 0], score, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_stop_rule_raises():
+    with pytest.raises(ValueError, match="`stop_rule` must be one of"):
+        dec.beam_search(table_model(np.zeros((P + N, V, V), np.float32)), np.zeros((1, P), np.int32),
+                        beam_size=2, max_new_tokens=N, eos_id=0, stop_rule="first")

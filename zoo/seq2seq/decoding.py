@@ -386,9 +386,12 @@ def _length_penalty(lengths, alpha):
     return ((5.0 + lengths.astype(jnp.float32)) / 6.0) ** alpha
 
 
+STOP_RULES = ("all_finished", "best_finished")
+
+
 def beam_search(logits_fn: Callable, prompt, *, beam_size: int, max_new_tokens: int, eos_id: int,
                 length_penalty: float = 0.0, cache: Any = None, min_length: int = 0,
-                pad_id: int | None = None) -> BeamOutput:
+                pad_id: int | None = None, stop_rule: str = "all_finished") -> BeamOutput:
     """Fixed-shape beam search, beams ``[B, K]`` for the whole loop.
 
     Each step expands every live beam into its ``V`` continuations (score + token log-prob);
@@ -401,6 +404,15 @@ def beam_search(logits_fn: Callable, prompt, *, beam_size: int, max_new_tokens: 
     compete on one scale. (Live candidates all share one length, so the penalty only matters
     between live and finished ones.) The loop ends when all beams of all rows are finished or
     after ``max_new_tokens`` steps. ``beam_size = 1`` reproduces :func:`greedy` exactly.
+
+    **The author's stop rule** (``stop_rule="best_finished"``; bert4keras ``beam_search`` with
+    ``min_ends=1``, and ``gen_sent`` of post 5861): a row stops as soon as its best-ranked beam
+    ends with EOS, and that beam is the answer; a beam that ends while not the best is
+    *discarded* and the row's beam width shrinks by one for good (the author's beams shrink;
+    here the freed slots hold ``-inf``). Only beam 0 of the output is meaningful under this
+    rule: the other beams of a stopped row are unfinished hypotheses frozen at the stop. With
+    the default ``"all_finished"`` finished beams stay in the beam and compete to the end.
+    (The author's ``min_len`` only delays the check; here ``min_length`` forbids EOS instead.)
 
     At the start only beam 0 is live (the others hold ``-inf``), so no duplicates arise.
     If ``K`` exceeds the number of distinct hypotheses some output beams stay at ``-inf``
@@ -416,11 +428,15 @@ def beam_search(logits_fn: Callable, prompt, *, beam_size: int, max_new_tokens: 
       beam_size: static int ``K >= 1``.
       length_penalty: ``α`` (a Python float).
       cache: pytree with leaves ``[B, ...]`` or ``None``.
+      stop_rule: ``"all_finished"`` (default) or ``"best_finished"`` (the author's, above).
     Returns:
       :class:`BeamOutput` ``(tokens [B, K, P + N], scores [B, K], lengths [B, K])`` best first.
     """
     fn = "beam_search"
     k = _check_int(fn, "beam_size", beam_size, 1)
+    if stop_rule not in STOP_RULES:
+        raise _error(fn, "stop_rule", f"one of {STOP_RULES}", repr(stop_rule))
+    author = stop_rule == "best_finished"
     prompt, n, eos_id, pad_id, min_length = _check_common(fn, prompt, max_new_tokens, eos_id, pad_id, min_length)
     alpha = float(length_penalty) if _concrete(length_penalty) is not None else length_penalty
     if isinstance(alpha, float) and not math.isfinite(alpha):
@@ -442,11 +458,11 @@ def beam_search(logits_fn: Callable, prompt, *, beam_size: int, max_new_tokens: 
         return scores / _length_penalty(lengths, alpha)
 
     def cond(state):
-        i, _, _, finished, _, _ = state
+        i, _, _, finished, _, _, _ = state
         return (i < n) & ~jnp.all(finished)
 
     def body(state):
-        i, tokens, cache, finished, lengths, scores = state
+        i, tokens, cache, finished, lengths, scores, width = state
         logits, cache = logits_fn(tokens.reshape(b * k, length), p - 1 + i, cache)
         logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(b, k, vocab)
         logp = jnp.where(_eos_forbidden(i, vocab, eos_id, min_length), -jnp.inf, logp)
@@ -467,7 +483,24 @@ def beam_search(logits_fn: Callable, prompt, *, beam_size: int, max_new_tokens: 
         tokens = jax.lax.dynamic_update_slice_in_dim(tokens, tok[..., None], p + i, axis=2)
         flat = (jnp.arange(b)[:, None] * k + parent).reshape(-1)
         cache = jax.tree_util.tree_map(lambda x: jnp.take(x, flat, axis=0), cache)
-        return i + 1, tokens, cache, finished, lengths, new_scores
+        if author:
+            new_scores, finished, width = _author_stop(new_scores, finished, width, (tok == eos_id) & ~(par_fin | dead))
+        return i + 1, tokens, cache, finished, lengths, new_scores, width
+
+    def _author_stop(scores, finished, width, ended):
+        """Beams are sorted best first (``top_k``); ``ended``: beams that emitted EOS this step.
+        Beyond the row's width: dead. Best beam ended: the row is done (every beam frozen).
+        Else each ended beam is discarded and the width shrinks."""
+        slot = jnp.arange(k)[None, :]
+        beyond = slot >= width[:, None]
+        scores = jnp.where(beyond, -jnp.inf, scores)
+        ended = ended & ~beyond
+        done = ended[:, 0]
+        discard = ended & ~done[:, None]
+        scores = jnp.where(discard, -jnp.inf, scores)
+        width = width - jnp.sum(discard, axis=1).astype(width.dtype)
+        finished = jnp.where(done[:, None], True, finished | beyond | discard)
+        return scores, finished, width
 
     scores0 = jnp.where(jnp.arange(k) == 0, 0.0, -jnp.inf).astype(jnp.float32)
     state = (
@@ -477,8 +510,9 @@ def beam_search(logits_fn: Callable, prompt, *, beam_size: int, max_new_tokens: 
         jnp.broadcast_to(jnp.arange(k) > 0, (b, k)),  # dead beams count as finished
         jnp.zeros((b, k), jnp.int32),
         jnp.broadcast_to(scores0, (b, k)),
+        jnp.full((b,), k, jnp.int32),  # the author's shrinking beam width
     )
-    _, tokens, _, _, lengths, scores = jax.lax.while_loop(cond, body, state)
+    _, tokens, _, _, lengths, scores, _ = jax.lax.while_loop(cond, body, state)
     final = rank(scores, lengths)
     final, order = jax.lax.top_k(final, k)
     tokens = jnp.take_along_axis(tokens, order[..., None], axis=1)
