@@ -18,7 +18,11 @@ logits ``[B, H, Tq, Tk]``:
 :func:`masked_attention` takes ``q [B, Tq, H, D]``, ``k, v [B, Tk, H, D]`` (the layout of
 ``jax.nn.dot_product_attention``) and such a mask. Masked logits get a large negative (never
 ``-inf``), and a query row with no allowed key returns exact zeros — in values and gradients,
-never NaN — in every implementation.
+never NaN — in every implementation. Implementations: ``"reference"`` and ``"xla"`` (dense, any
+backend: :data:`IMPLEMENTATIONS`), ``"cudnn"`` (GPU only, float16/bfloat16) and ``"pallas"``
+(:func:`kernels.flash_attention.flash_attention`, which takes structured masks — causal, prefix
+LM, key lengths — and skips masked blocks; through this function only without a mask). All four
+are :data:`ALL_IMPLEMENTATIONS`.
 
 Each builder has a ``*_reference`` twin written as Python loops over numpy arrays, and
 :func:`masked_attention_reference` is the per-head textbook softmax over the allowed keys only;
@@ -35,7 +39,11 @@ import numpy as np
 
 from kernels.checks import argument_error as _error, concrete as _concrete
 
+# The dense-mask implementations that run on every backend (the tests and the CPU benchmark
+# iterate over these). ALL_IMPLEMENTATIONS is what `masked_attention(impl=...)` accepts:
+# "cudnn" needs a GPU, "pallas" takes no dense mask (see `masked_attention`).
 IMPLEMENTATIONS = ("reference", "xla")
+ALL_IMPLEMENTATIONS = ("reference", "xla", "cudnn", "pallas")
 
 # --------------------------------------------------------------------------- #
 # Argument checks
@@ -302,21 +310,50 @@ def masked_attention(q, k, v, *, mask=None, scale=None, impl="xla"):
         :func:`permutation_mask` or :func:`combine_masks` of them.
       scale: logit scale, default ``1/sqrt(D)``; ``scale=1.0`` is the author's unscaled 2018
         attention layer.
-      impl: ``"xla"`` (default; ``jax.nn.dot_product_attention(..., implementation="xla")``,
-        logits and softmax in float32 there) or ``"reference"`` (einsum in float32, masked
-        logits filled with ``finfo(float32).min / 2``, softmax). ``"cudnn"`` and a Pallas
-        kernel are planned for GPUs; they are not accepted yet.
+      impl: one of :data:`ALL_IMPLEMENTATIONS`:
+
+        * ``"xla"`` (default; ``jax.nn.dot_product_attention(..., implementation="xla")``,
+          logits and softmax in float32 there);
+        * ``"reference"`` (einsum in float32, masked logits filled with
+          ``finfo(float32).min / 2``, softmax);
+        * ``"cudnn"``: ``jax.nn.dot_product_attention(..., implementation="cudnn")``, the cuDNN
+          fused kernel. Needs a GPU backend and float16 / bfloat16 inputs (checked eagerly:
+          a clear ValueError instead of a failure inside XLA);
+        * ``"pallas"``: :func:`kernels.flash_attention.flash_attention`. That kernel takes
+          *structured* masks (``causal``, ``prefix_lengths``, ``key_lengths``) and skips masked
+          blocks; it cannot take a dense ``mask``, so here only ``mask=None`` is accepted
+          (otherwise a ValueError pointing to ``flash_attention``). Interpret mode off GPU.
+
+        :data:`IMPLEMENTATIONS` are the two dense ones that run on every backend.
     Returns:
       ``[B, Tq, H, D]`` in ``q``'s dtype. A query row with no allowed key is exactly zero
-      (and so is its gradient) in both implementations; no NaN ever appears.
+      (and so is its gradient) in every implementation; no NaN ever appears.
     """
     fn = "masked_attention"
-    if impl not in IMPLEMENTATIONS:
-        raise _error(fn, "impl", f"one of {IMPLEMENTATIONS}", repr(impl))
+    if impl not in ALL_IMPLEMENTATIONS:
+        raise _error(fn, "impl", f"one of {ALL_IMPLEMENTATIONS}", repr(impl))
+    backend = jax.default_backend()
+    if impl == "cudnn" and backend != "gpu":
+        usable = tuple(i for i in ALL_IMPLEMENTATIONS if i != "cudnn")
+        raise _error(fn, "impl", f"one of {usable} on the {backend!r} backend (cuDNN needs a GPU)", repr(impl))
     dims, mask = _check_attention(fn, q, k, v, mask)
     scale = _resolve_scale(scale, dims[-1])
+    if impl == "pallas":
+        if mask is not None:
+            raise _error(fn, "mask", "None for impl='pallas' (the Pallas kernel takes structured masks only: "
+                         "call kernels.flash_attention.flash_attention(q, k, v, causal=..., prefix_lengths=..., "
+                         "key_lengths=...) directly)", f"a dense mask of shape {tuple(jnp.shape(mask))}")
+        from kernels.flash_attention import flash_attention  # a cycle at import time otherwise
+
+        return flash_attention(q, k, v, scale=scale)
     if impl == "xla":
         out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="xla")
+    elif impl == "cudnn":
+        dtypes = {jnp.result_type(x) for x in (q, k, v)}
+        if not dtypes <= {jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16)}:
+            raise _error(fn, "q", "float16 or bfloat16 (as k and v) for impl='cudnn'",
+                         f"dtypes {sorted(str(d) for d in dtypes)}")
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
     else:
         f32 = jnp.float32
         logits = jnp.einsum("bqhd,bkhd->bhqk", q.astype(f32), k.astype(f32)) * scale

@@ -1,7 +1,7 @@
 """Argument checks shared by the kernels and the families: one error wording everywhere.
 
-``argument_error("masked_attention", "impl", "one of ('reference', 'xla')", "'cudnn'")`` reads
-``masked_attention: `impl` must be one of ('reference', 'xla'); got 'cudnn'``.
+``argument_error("masked_attention", "impl", "one of ('reference', 'xla')", "'flash'")`` reads
+``masked_attention: `impl` must be one of ('reference', 'xla'); got 'flash'``.
 """
 
 from __future__ import annotations
