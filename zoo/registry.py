@@ -59,6 +59,18 @@ MODELS = {
         "gan", "zoo.gan.configs.mlp_gan", "zoo.gan.task", "mnist_5k",
         "the author's MLP WGAN with his one-sided unsquared gradient penalty, 5 critic steps (post 20)",
     ),
+    "unilm_title": ModelSpec(
+        "seq2seq", "zoo.seq2seq.configs.unilm_title", "zoo.seq2seq.task", "poetry_quatrains",
+        "UniLM: one Transformer under the seq2seq mask, poem body -> title, cached source (post 6933)",
+    ),
+    "lstm_title": ModelSpec(
+        "seq2seq", "zoo.seq2seq.configs.lstm_title", "zoo.seq2seq.task", "poetry_quatrains",
+        "the author's 2018 BiLSTM/LSTM seq2seq with the bag-of-characters prior, body -> title (post 5861)",
+    ),
+    "poem_lm": ModelSpec(
+        "seq2seq", "zoo.seq2seq.configs.poem_lm", "zoo.seq2seq.task", "poetry_quatrains",
+        "causal Transformer LM over 5-character quatrains, KV-cached decoding (posts 6933, 7500)",
+    ),
 }  # fmt: skip
 
 DEFAULT_MODEL = "crf_ner"

@@ -89,6 +89,11 @@ def test_unilm_loss_trains_only_target_tokens(setup):
     terms = [-logp[b, t - 1, int(tokens[b, t])] for b in range(2) for t in range(1, 12) if seg[b, t]]
     assert int(count) == len(terms) == (12 - 5) + (12 - 8)
     np.testing.assert_allclose(float(loss), np.mean(terms), rtol=1e-5)
+    # Projecting only positions >= target_start - 1 gives the same loss (targets start at 5, 8).
+    for start in (1, 3, 5):
+        short, short_count = unilm_loss(model, params, tokens, seg, target_start=start)
+        np.testing.assert_allclose(float(short), float(loss), rtol=1e-6)
+        assert int(short_count) == int(count)
     g = jax.grad(lambda p: unilm_loss(model, p, tokens, seg)[0])(params)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(g))
 
@@ -120,6 +125,8 @@ def test_bad_inputs_raise_clear_errors(setup):
     model, params = setup
     with pytest.raises(ValueError, match="positions must have the shape of tokens"):
         model.apply(params, jnp.zeros((1, 4), jnp.int32), None, jnp.zeros((1, 5), jnp.int32))
+    with pytest.raises(ValueError, match="logits_from must be in"):
+        model.apply(params, jnp.zeros((1, 4), jnp.int32), None, None, 4)
     with pytest.raises(ValueError, match="key_valid must have the shape of source"):
         unilm_prefill(model, params, jnp.zeros((2, 4), jnp.int32), jnp.ones((2, 5), bool))
     with pytest.raises(ValueError, match="exceeds max_len"):

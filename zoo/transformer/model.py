@@ -152,12 +152,15 @@ class TransformerLM(nn.Module):
     def _logits(self, x):
         return self.head(self.ln_final(x))
 
-    def __call__(self, tokens, mask=None, positions=None):
+    def __call__(self, tokens, mask=None, positions=None, logits_from: int = 0):
         """``tokens [B, T]`` int, ``mask`` bool broadcastable to ``[B, 1, T, T]`` -> ``[B, T, V]``.
 
         ``positions [B, T]`` int (default ``arange(T)``): the position id of each token, for
         the permutation LM written as shuffled tokens *with their positions* under the causal
         mask (post 6933); values must lie in ``[0, max_len)`` (not checked under jit).
+        ``logits_from`` (static int): project only positions ``>= logits_from`` to the
+        vocabulary, returning ``[B, T - logits_from, V]`` (UniLM trains the target only, so
+        the source positions need no output layer).
         """
         if jnp.ndim(tokens) != 2:
             raise ValueError(f"TransformerLM: tokens must be [B, T]; got shape {jnp.shape(tokens)}")
@@ -165,10 +168,12 @@ class TransformerLM(nn.Module):
         if positions is not None and jnp.shape(positions) != jnp.shape(tokens):
             raise ValueError(f"TransformerLM: positions must have the shape of tokens {jnp.shape(tokens)}; "
                              f"got {jnp.shape(positions)}")
+        if not 0 <= logits_from < tokens.shape[1]:
+            raise ValueError(f"TransformerLM: logits_from must be in [0, T) = [0, {tokens.shape[1]}); got {logits_from}")
         x = self._embed(tokens, positions)
         for block in self.blocks:
             x = block(x, mask)
-        return self._logits(x)
+        return self._logits(x[:, logits_from:])
 
     def prefill(self, tokens):
         """Causal pass over ``tokens [B, P]``: ``(logits [B, P, V], cache)``, cache filled at ``< P``."""

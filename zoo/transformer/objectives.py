@@ -51,16 +51,22 @@ def lm_loss(model, params, tokens, valid=None):
     return token_cross_entropy(logits[:, :-1], tokens[:, 1:], weights[:, 1:])
 
 
-def unilm_loss(model, params, tokens, segment_ids, valid=None):
+def unilm_loss(model, params, tokens, segment_ids, valid=None, target_start: int = 0):
     """UniLM seq2seq loss: ``tokens [B, T]`` = ``[CLS] src [SEP] tgt [SEP]``, ``segment_ids``
     0 on the source and 1 on the target; only target tokens are trained (the shifted targets
-    weighted by ``segment_ids[:, 1:]``, and by ``valid[:, 1:]``)."""
+    weighted by ``segment_ids[:, 1:]``, and by ``valid[:, 1:]``).
+
+    ``target_start`` (static int, optional): when every row's target starts at or after this
+    position, only positions ``>= target_start - 1`` are projected to the vocabulary (the
+    others carry zero weight); the loss is the same, the output layer costs less.
+    """
     mask = combine_masks(unilm_mask(segment_ids), _padding(valid))
-    logits = model.apply(params, tokens, mask)
+    first = max(target_start - 1, 0)
+    logits = model.apply(params, tokens, mask, None, first)  # positions >= first
     weights = jnp.asarray(segment_ids, bool)
     if valid is not None:
         weights = weights & jnp.asarray(valid, bool)
-    return token_cross_entropy(logits[:, :-1], tokens[:, 1:], weights[:, 1:])
+    return token_cross_entropy(logits[:, :-1], tokens[:, first + 1 :], weights[:, first + 1 :])
 
 
 def permutation_lm_logits(model, params, tokens, perm):
