@@ -62,10 +62,24 @@ def test_smoke_training_decodes_with_every_decoder(tmp_path, name):
     assert all(f"    {d}: " in samples for d in T.DECODERS)
 
 
+def test_strip_series_number():
+    assert T.strip_series_number("偈頌一百二十三首其一二") == "偈頌"
+    assert T.strip_series_number("詠燭二首一") == "詠燭"
+    assert T.strip_series_number("相和歌辭王昭君三首三") == "相和歌辭王昭君"
+    assert T.strip_series_number("句其一") == "句"
+    assert T.strip_series_number("十五夜望月") == "十五夜望月"  # numerals inside the title stay
+    assert T.strip_series_number("九日") == "九日"
+    assert T.strip_series_number("十五") == "十五"  # would be empty: kept whole
+
+
 def test_bad_config_is_refused_before_training(tmp_path):
     config = load_config("zoo.seq2seq.configs.poem_lm:smoke")
     config.eval.update(decoders=("greedy", "nucleus"))
     with pytest.raises(ValueError, match="config.eval.decoders"):
+        T.get_task(config, tmp_path)
+    config = load_config("zoo.seq2seq.configs.poem_lm:smoke")
+    config.data.title_series = "drop"
+    with pytest.raises(ValueError, match="title_series must be"):
         T.get_task(config, tmp_path)
     config = load_config("zoo.seq2seq.configs.poem_lm:smoke")
     config.model.kind = "gru"

@@ -11,6 +11,8 @@ Three models, one task module (``config.model.kind``):
 * ``lstm`` (``zoo train lstm_title``): the same titles with the author's 2018 LSTM seq2seq and
   its bag-of-characters prior (post 5861, :mod:`zoo.seq2seq.lstm`); source = the 24 body
   characters, target ``[START] title`` → ``title [END]``.
+* titles: by default (``data.title_series = "strip"``) without their series numbering
+  (``偈頌一百二十三首其一二`` → ``偈頌``): the number of a poem in a series is not in its body.
 * ``lm`` (``zoo train poem_lm``): a causal Transformer LM over ``[START] body [END]``. Held-out
   task: given ``[START]`` and the first line's first half (``XXXXX，``), generate the other
   18 characters (and ``[END]``).
@@ -257,10 +259,27 @@ def _jitted_loss(kind, model):
 # --------------------------------------------------------------------------- #
 
 
+_NUMERAL = "[一二三四五六七八九十百千兩〇]"
+_SERIES = re.compile(f"({_NUMERAL}+首)?(其?{_NUMERAL}+)?$")
+
+
+def strip_series_number(title: str) -> str:
+    """``"偈頌一百二十三首其一二"`` → ``"偈頌"``, ``"詠燭二首一"`` → ``"詠燭"``: a trailing
+    "N首", "其M" or "M" (Chinese numerals) names the poem's place in a series, which the body
+    cannot tell; a title that would become empty is kept whole."""
+    return _SERIES.sub("", title) or title
+
+
 def load_data(config):
+    """``(train poems, test poems, vocab)``; with ``data.title_series = "strip"`` the titles
+    lose their series numbering (:func:`strip_series_number`), with ``"keep"`` they do not."""
     d = config.data
+    if d.title_series not in ("strip", "keep"):
+        raise ValueError(f"config.data.title_series must be 'strip' or 'keep'; got {d.title_series!r}")
     train = poetry.load_split("train", d.train_limit)
     test = poetry.load_split("test", d.test_limit)
+    if d.title_series == "strip":
+        train, test = ([poetry.Poem(strip_series_number(p.title), p.body) for p in ps] for ps in (train, test))
     return train, test, build_vocab(config, train)
 
 
