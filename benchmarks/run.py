@@ -17,6 +17,7 @@ SUITES = {
     "gan": "benchmarks.bench_gan",
     "decode": "benchmarks.bench_decode",
     "attention": "benchmarks.bench_attention",
+    "gmm": "benchmarks.bench_gmm",
 }
 
 
