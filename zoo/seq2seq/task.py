@@ -11,8 +11,8 @@ Three models, one task module (``config.model.kind``):
 * ``lstm`` (``zoo train lstm_title``): the same titles with the author's 2018 LSTM seq2seq and
   its bag-of-characters prior (post 5861, :mod:`zoo.seq2seq.lstm`); source = the 24 body
   characters, target ``[START] title`` → ``title [END]``.
-* titles: by default (``data.title_series = "strip"``) without their series numbering
-  (``偈頌一百二十三首其一二`` → ``偈頌``): the number of a poem in a series is not in its body.
+* titles: as in the corpus by default; ``data.title_series = "strip"`` drops their series
+  numbering (``偈頌一百二十三首其一二`` → ``偈頌``): a poem's number in its series is not in its body.
 * ``lm`` (``zoo train poem_lm``): a causal Transformer LM over ``[START] body [END]``. Held-out
   task: given ``[START]`` and the first line's first half (``XXXXX，``), generate the other
   18 characters (and ``[END]``).
@@ -274,11 +274,12 @@ def load_data(config):
     """``(train poems, test poems, vocab)``; with ``data.title_series = "strip"`` the titles
     lose their series numbering (:func:`strip_series_number`), with ``"keep"`` they do not."""
     d = config.data
-    if d.title_series not in ("strip", "keep"):
-        raise ValueError(f"config.data.title_series must be 'strip' or 'keep'; got {d.title_series!r}")
+    title_series = d.get("title_series", "keep")  # run directories from before the option: "keep"
+    if title_series not in ("strip", "keep"):
+        raise ValueError(f"config.data.title_series must be 'strip' or 'keep'; got {title_series!r}")
     train = poetry.load_split("train", d.train_limit)
     test = poetry.load_split("test", d.test_limit)
-    if d.title_series == "strip":
+    if title_series == "strip":
         train, test = ([poetry.Poem(strip_series_number(p.title), p.body) for p in ps] for ps in (train, test))
     return train, test, build_vocab(config, train)
 

@@ -10,7 +10,7 @@ def base_config(model_name: str, kind: str) -> ml_collections.ConfigDict:
     c.model_name = model_name
     c.seed = 0
     # title_series: "strip" drops a title's series numbering (偈頌一百二十三首其一二 -> 偈頌), "keep" does not
-    c.data = dict(name="poetry_quatrains", batch_size=64, min_count=2, train_limit=0, test_limit=0, title_series="strip")
+    c.data = dict(name="poetry_quatrains", batch_size=64, min_count=2, train_limit=0, test_limit=0, title_series="keep")
     c.model = dict(
         kind=kind,
         # Transformer (unilm, lm): d_model = num_heads * head_dim
