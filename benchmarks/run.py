@@ -18,6 +18,7 @@ SUITES = {
     "decode": "benchmarks.bench_decode",
     "attention": "benchmarks.bench_attention",
     "gmm": "benchmarks.bench_gmm",
+    "vae": "benchmarks.bench_vae",
 }
 
 

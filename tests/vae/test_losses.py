@@ -1,0 +1,132 @@
+"""The VAE objectives: analytic KL against Monte Carlo, the IWAE bound against the ELBO,
+reparameterised against score-function gradients, stable likelihoods, clear errors."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from zoo.vae import losses as L
+
+
+def _mc_check(samples, expected, z=5.0):
+    """``mean(samples)`` within ``z`` standard errors of ``expected`` (elementwise)."""
+    samples = np.asarray(samples, np.float64)
+    se = samples.std(axis=0, ddof=1) / math.sqrt(samples.shape[0])
+    np.testing.assert_array_less(np.abs(samples.mean(axis=0) - np.asarray(expected)), z * se + 1e-6)
+
+
+@pytest.mark.parametrize("with_prior_mean", [False, True])
+def test_analytic_kl_equals_monte_carlo(rng, with_prior_mean):
+    b, d, n = 3, 4, 200_000
+    mean = rng.normal(size=(b, d)).astype(np.float32)
+    logvar = rng.normal(scale=0.7, size=(b, d)).astype(np.float32)
+    prior = rng.normal(size=(b, d)).astype(np.float32) if with_prior_mean else 0.0
+    kl = np.asarray(L.gaussian_kl(mean, logvar, prior))
+    assert kl.shape == (b,) and np.all(kl >= 0)
+    z = mean + np.exp(0.5 * logvar) * jax.random.normal(jax.random.key(0), (n, b, d))
+    log_ratio = L.gaussian_log_density(z, mean, logvar) - L.gaussian_log_density(z, prior, 0.0)  # [n, b]
+    _mc_check(log_ratio, kl)
+    # and the textbook closed form, in float64
+    var = np.exp(logvar.astype(np.float64))
+    ref = 0.5 * np.sum(var + (mean - prior) ** 2 - 1 - np.log(var), axis=-1)
+    np.testing.assert_allclose(kl, ref, rtol=1e-5)
+
+
+def test_kl_is_zero_at_the_prior_and_the_cvae_prior_moves_it():
+    mu = jnp.array([[1.0, -2.0]])
+    assert float(L.gaussian_kl(jnp.zeros((1, 2)), jnp.zeros((1, 2)))[0]) == 0.0
+    assert float(L.gaussian_kl(mu, jnp.zeros((1, 2)), mu)[0]) == 0.0
+    np.testing.assert_allclose(L.gaussian_kl(mu, jnp.zeros((1, 2))), [2.5])
+
+
+def test_reparameterised_gradient_matches_score_function_and_analytic():
+    mu, sigma, n = 0.7, 1.3, 100_000
+    eps = np.asarray(jax.random.normal(jax.random.key(1), (n,)), np.float64)
+
+    # reparameterised: d/dθ f(μ + σε) per sample, from jax.grad
+    def f(params, e):
+        z = params[0] + params[1] * e
+        return z**2
+
+    per_sample = np.asarray(jax.vmap(jax.grad(f), in_axes=(None, 0))(jnp.array([mu, sigma]), eps))
+    _mc_check(per_sample, [2 * mu, 2 * sigma])
+    # score function (REINFORCE): f(z)·∂ log N(z; μ, σ²)/∂θ, with jax.grad of the log-density
+    z = mu + sigma * eps
+    score = jax.vmap(jax.grad(lambda p, z: L.gaussian_log_density(z[None], p[0], 2 * jnp.log(p[1]))), in_axes=(None, 0))
+    reinforce = (z**2)[:, None] * np.asarray(score(jnp.array([mu, sigma]), jnp.asarray(z)), np.float64)
+    _mc_check(reinforce, [2 * mu, 2 * sigma])
+    # the two estimators agree with each other (reparameterised has the smaller variance)
+    assert per_sample[:, 0].std() < reinforce[:, 0].std()
+
+
+def test_bernoulli_log_likelihood_is_the_naive_formula_and_stays_finite(rng):
+    logits = rng.uniform(-10, 10, size=(4, 6, 6, 1)).astype(np.float32)
+    x = (rng.random(size=logits.shape) < 0.5).astype(np.float32)
+    p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    naive = np.sum((x * np.log(p) + (1 - x) * np.log(1 - p)).reshape(4, -1), axis=-1)
+    np.testing.assert_allclose(L.bernoulli_log_likelihood(logits, x), naive, rtol=1e-5)
+    big = jnp.array([[100.0, -100.0, 100.0, -100.0]])
+    ll = L.bernoulli_log_likelihood(big, jnp.array([[1.0, 0.0, 0.0, 1.0]]))
+    np.testing.assert_allclose(ll, [-200.0], rtol=1e-6)
+    assert np.isfinite(np.asarray(jax.grad(lambda l: L.bernoulli_log_likelihood(l, jnp.ones_like(l)).sum())(big))).all()
+    # grey-level targets (the author's BCE on [0, 1]) also work
+    assert np.isfinite(np.asarray(L.bernoulli_log_likelihood(big, jnp.full((1, 4), 0.3)))).all()
+
+
+def test_gaussian_log_likelihood_fixed_and_per_pixel_scale(rng):
+    mean = rng.normal(size=(3, 2, 2, 1)).astype(np.float32)
+    x = rng.normal(size=(3, 2, 2, 1)).astype(np.float32)
+    ref = stats.norm.logpdf(x, mean).reshape(3, -1).sum(-1)
+    np.testing.assert_allclose(L.gaussian_log_likelihood(mean, x), ref, rtol=1e-5)
+    log_scale = rng.normal(scale=0.3, size=(2, 2, 1)).astype(np.float32)
+    ref = stats.norm.logpdf(x, mean, np.exp(log_scale)).reshape(3, -1).sum(-1)
+    np.testing.assert_allclose(L.gaussian_log_likelihood(mean, x, log_scale), ref, rtol=1e-5)
+
+
+def test_iwae_bound_is_logmeanexp_and_at_least_the_mean(rng):
+    log_w = rng.normal(scale=3.0, size=(7, 5)).astype(np.float32) - 100.0
+    bound = np.asarray(L.iwae_bound(log_w))
+    ref = np.log(np.mean(np.exp(log_w.astype(np.float64) + 100.0), axis=0)) - 100.0
+    np.testing.assert_allclose(bound, ref, rtol=1e-5)
+    assert np.all(bound >= log_w.mean(axis=0))  # Jensen, sample by sample
+    np.testing.assert_array_equal(L.iwae_bound(log_w[:1]), log_w[0])  # L_1 is the single-sample ELBO
+
+
+def test_stable_logvar_bounds_and_keeps_gradients():
+    raw = jnp.array([-1e4, -3.0, 0.0, 3.0, 1e4])
+    out = np.asarray(L.stable_logvar(raw, 10.0))
+    assert np.all(np.abs(out) <= 10.0) and np.all(np.isfinite(np.exp(out)))
+    np.testing.assert_allclose(out[1:4], [-3.0, 0.0, 3.0], atol=0.1)
+    assert float(jax.grad(lambda r: L.stable_logvar(r, 10.0))(5.0)) > 0
+    np.testing.assert_array_equal(L.stable_logvar(raw, 0.0), raw)
+
+
+def test_bits_per_dim():
+    assert float(L.bits_per_dim(784 * math.log(2), 784)) == pytest.approx(1.0)
+    # a density over [0, 1)^P that is uniform has log p = 0, i.e. 8 bits per 8-bit pixel
+    assert float(L.bits_per_dim(0.0, 784, num_bins=256)) == pytest.approx(8.0)
+
+
+def test_losses_under_jit_and_vmap_match_batched(rng):
+    mean, logvar = rng.normal(size=(2, 6, 3)).astype(np.float32)
+    batched = L.gaussian_kl(mean, logvar)
+    one = jax.vmap(lambda m, v: L.gaussian_kl(m[None], v[None])[0])(mean, logvar)
+    np.testing.assert_allclose(jax.jit(L.gaussian_kl)(mean, logvar), batched, rtol=1e-6)
+    np.testing.assert_allclose(one, batched, rtol=1e-6)
+
+
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match="gaussian_kl: `logvar` must be the shape of `mean`"):
+        L.gaussian_kl(jnp.zeros((2, 3)), jnp.zeros((2, 4)))
+    with pytest.raises(ValueError, match="gaussian_kl: `prior_mean`"):
+        L.gaussian_kl(jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.zeros((2, 4)))
+    with pytest.raises(ValueError, match="bernoulli_log_likelihood: `x`"):
+        L.bernoulli_log_likelihood(jnp.zeros((2, 3)), jnp.zeros((2, 4)))
+    with pytest.raises(ValueError, match=r"iwae_bound: `log_weights` must be \[K, B\]"):
+        L.iwae_bound(jnp.zeros((3,)))
+    with pytest.raises(ValueError, match="elbo: `log_px_z`"):
+        L.elbo(jnp.zeros((3,)), jnp.zeros((2, 4)), jnp.zeros((2, 4)))

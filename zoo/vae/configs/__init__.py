@@ -1,0 +1,1 @@
+"""Configs of the VAE family: ``get_config(arg)`` per file; ``arg`` picks a variant."""
