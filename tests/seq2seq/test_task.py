@@ -46,7 +46,9 @@ def test_lstm_and_lm_layouts(poems_and_vocab):
     assert refs[0] == poems[0].body[T.LM_PROMPT_CHARS :] and len(refs[0]) == 18
 
 
-@pytest.mark.parametrize("name", ["unilm_title", "lstm_title", "poem_lm"])
+# unilm_title and poem_lm train and decode with every decoder in notebooks/seq2seq_masks.ipynb
+# (executed by CI); tests/transformer/test_unilm.py checks their decoding paths exactly.
+@pytest.mark.parametrize("name", ["lstm_title"])
 def test_smoke_training_decodes_with_every_decoder(tmp_path, name):
     config = load_config(f"zoo.seq2seq.configs.{name}:smoke")
     config.data.update(train_limit=64, test_limit=10)
