@@ -28,6 +28,12 @@ def _cmd_list(args) -> int:
 
     for name, d in [*data.DATASETS.items(), *IMAGE_DATASETS.items()]:
         print(f"  {name:<18} {d.description}")
+    text_sets = {
+        "poetry_quatrains": "14,263 5-character quatrains with titles, npm chinese-poetry@2.0.1 (committed extract)",
+        "poetry_couplets": "27,214 / 1,312 10-character couplets from the same quatrains",
+    }
+    for name, description in text_sets.items():
+        print(f"  {name:<18} {description}")
     print("benchmark suites:", ", ".join(SUITES))
     return 0
 

@@ -48,7 +48,7 @@ def test_extreme_stop_logits_stay_finite():
 @pytest.mark.parametrize("epsilon", [0.1, 0.25])
 def test_greedy_stops_within_the_bound_even_when_the_model_never_wants_to(epsilon):
     # The toy model strongly prefers token 1 and sets s_t = +30 (σ(s_t) ≈ 1: as little stopping as the head allows).
-    vocab, eos = 4, 0
+    eos = 0
     bound = greedy_stop_bound(epsilon)
     assert (1 - epsilon) ** bound < 0.5 <= (1 - epsilon) ** (bound - 1)
 

@@ -72,7 +72,6 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from kernels.checks import argument_error as _error, concrete as _concrete
 
