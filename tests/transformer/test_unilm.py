@@ -132,3 +132,12 @@ def test_bad_inputs_raise_clear_errors(setup):
         unilm_prefill(model, params, jnp.zeros((2, 4), jnp.int32), jnp.ones((2, 5), bool))
     with pytest.raises(ValueError, match="exceeds max_len"):
         unilm_prefill(model, params, jnp.zeros((1, T + 1), jnp.int32))
+    with pytest.raises(ValueError, match="left-padded source"):  # right padding: [SEP] would not be last
+        unilm_prefill(model, params, jnp.zeros((1, 4), jnp.int32), jnp.asarray([[True, True, False, False]]))
+    with pytest.raises(ValueError, match="left-padded source"):
+        make_unilm_recompute_logits_fn(model, params, 4, jnp.asarray([[False, True, False, True]]))
+    with pytest.raises(ValueError, match=r"positions must lie in \[0, max_len\)"):
+        model.apply(params, jnp.zeros((1, 4), jnp.int32), None, jnp.asarray([[0, 1, 2, T]]))
+    seg = jnp.asarray([[0, 0, 1, 1]])
+    with pytest.raises(ValueError, match="must start at or after target_start = 3"):
+        unilm_loss(model, params, jnp.zeros((1, 4), jnp.int32), seg, target_start=3)

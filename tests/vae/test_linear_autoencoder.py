@@ -40,6 +40,9 @@ def test_derived_word_from_a_co_cluster():
 def test_bad_rank_is_refused():
     with pytest.raises(ValueError, match=r"`rank` must be an int in \[1, 2\]"):
         L.truncated_svd_reconstruction(np.ones((2, 3), np.float32), 3)
+    with pytest.raises(ValueError, match=r"train_linear_autoencoder: `rank` must be an int in \[1, 2\]"):
+        L.train_linear_autoencoder(np.ones((2, 3), np.float32), 0)
+    assert L.truncated_svd_reconstruction(np.ones((2, 3), np.float32), np.int64(1)).shape == (2, 3)
 
 
 def test_jieba_dictionary_words():

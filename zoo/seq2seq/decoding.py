@@ -412,7 +412,9 @@ def beam_search(logits_fn: Callable, prompt, *, beam_size: int, max_new_tokens: 
     here the freed slots hold ``-inf``). Only beam 0 of the output is meaningful under this
     rule: the other beams of a stopped row are unfinished hypotheses frozen at the stop. With
     the default ``"all_finished"`` finished beams stay in the beam and compete to the end.
-    (The author's ``min_len`` only delays the check; here ``min_length`` forbids EOS instead.)
+    (The author's ``min_len`` only delays the check; here ``min_length`` forbids EOS instead.
+    "Best" is by the ranking key, so with ``length_penalty != 0`` it is the penalised score,
+    where bert4keras, which has no penalty, compares raw sums.)
 
     At the start only beam 0 is live (the others hold ``-inf``), so no duplicates arise.
     If ``K`` exceeds the number of distinct hypotheses some output beams stay at ``-inf``

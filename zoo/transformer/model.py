@@ -49,6 +49,7 @@ import numpy as np
 import flax.linen as nn
 
 from kernels.attention import causal_mask, combine_masks, masked_attention, unilm_mask
+from kernels.checks import concrete as _concrete
 
 
 def sinusoidal_positions(max_len: int, d_model: int) -> np.ndarray:
@@ -170,6 +171,12 @@ class TransformerLM(nn.Module):
                              f"got {jnp.shape(positions)}")
         if not 0 <= logits_from < tokens.shape[1]:
             raise ValueError(f"TransformerLM: logits_from must be in [0, T) = [0, {tokens.shape[1]}); got {logits_from}")
+        if positions is not None:
+            vals = _concrete(positions)
+            if vals is not None and vals.size and (vals.min() < 0 or vals.max() >= self.max_len):
+                # jnp.take would give NaN (fill mode) past the table, a wrap-around below 0
+                raise ValueError(f"TransformerLM: positions must lie in [0, max_len) = [0, {self.max_len}); "
+                                 f"got values in [{vals.min()}, {vals.max()}]")
         x = self._embed(tokens, positions)
         for block in self.blocks:
             x = block(x, mask)
@@ -285,6 +292,20 @@ def cached_prefill(model: TransformerLM, params, prompt):
 # --------------------------------------------------------------------------- #
 
 
+def _check_left_padded(fn, key_valid):
+    """Concrete ``key_valid [B, S]`` must mark a left-padded source: ``False…False True…True``
+    with the last position real (its query predicts the first target token)."""
+    vals = _concrete(key_valid) if key_valid is not None else None
+    if vals is None or not vals.size:
+        return
+    vals = vals.astype(bool)
+    bad = ~vals[:, -1] | (np.diff(vals.astype(np.int8), axis=1) < 0).any(axis=1)
+    if bad.any():
+        row = int(np.nonzero(bad)[0][0])
+        raise ValueError(f"{fn}: key_valid must mark a left-padded source (False…False True…True, last position "
+                         f"True); got row {row} = {vals[row].astype(int).tolist()}")
+
+
 def unilm_prefill(model: TransformerLM, params, source, key_valid=None):
     """The decoders' cache for a UniLM prompt ``source [B, S]`` (``[CLS] src [SEP]``, segment 0).
 
@@ -308,6 +329,7 @@ def unilm_prefill(model: TransformerLM, params, source, key_valid=None):
     if key_valid is not None and jnp.shape(key_valid) != source.shape:
         raise ValueError(f"unilm_prefill: key_valid must have the shape of source {source.shape}; "
                          f"got {jnp.shape(key_valid)}")
+    _check_left_padded("unilm_prefill", key_valid)
     _, cache = model.apply(params, source, key_valid, method=TransformerLM.prefill_source)
     return cache
 
@@ -317,6 +339,11 @@ def make_unilm_recompute_logits_fn(model: TransformerLM, params, source_length: 
     O(L²) decoding): positions ``< source_length`` are segment 0, the rest segment 1.
     ``key_valid [B, source_length]`` as in :func:`unilm_prefill` (rows are repeated when the
     decoder's batch is a multiple of ``B``, as beam search's ``B * K`` is)."""
+    if key_valid is not None:
+        if jnp.ndim(key_valid) != 2 or jnp.shape(key_valid)[1] != source_length:
+            raise ValueError(f"make_unilm_recompute_logits_fn: key_valid must be [B, source_length = {source_length}]; "
+                             f"got shape {jnp.shape(key_valid)}")
+        _check_left_padded("make_unilm_recompute_logits_fn", key_valid)
     def logits_fn(tokens, step, cache):
         _check_buffer(model, "unilm recompute logits_fn", tokens)
         rows, length = tokens.shape
@@ -324,6 +351,9 @@ def make_unilm_recompute_logits_fn(model: TransformerLM, params, source_length: 
         mask = unilm_mask(jnp.broadcast_to(segments, (rows, length)))
         if key_valid is not None:
             valid = jnp.asarray(key_valid, bool)
+            if rows % valid.shape[0]:
+                raise ValueError(f"unilm recompute logits_fn: the decoder's batch {rows} must be a multiple of "
+                                 f"key_valid's {valid.shape[0]} rows")
             valid = jnp.repeat(valid, rows // valid.shape[0], axis=0)
             valid = jnp.pad(valid, ((0, 0), (0, length - source_length)), constant_values=True)
             mask = combine_masks(mask, valid[:, None, None, :])

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels.attention import causal_mask, combine_masks, unilm_mask
+from kernels.checks import concrete as _concrete
 
 
 def token_cross_entropy(logits, targets, weights):
@@ -60,6 +61,10 @@ def unilm_loss(model, params, tokens, segment_ids, valid=None, target_start: int
     position, only positions ``>= target_start - 1`` are projected to the vocabulary (the
     others carry zero weight); the loss is the same, the output layer costs less.
     """
+    seg = _concrete(segment_ids)
+    if target_start and seg is not None and seg[:, :target_start].any():
+        raise ValueError(f"unilm_loss: every row's target must start at or after target_start = {target_start} "
+                         "(segment_ids[:, :target_start] all 0); a target token before it would not be trained")
     mask = combine_masks(unilm_mask(segment_ids), _padding(valid))
     first = max(target_start - 1, 0)
     logits = model.apply(params, tokens, mask, None, first)  # positions >= first

@@ -60,13 +60,18 @@ def word_matrix(words) -> WordMatrix:
     return WordMatrix(m, firsts, seconds)
 
 
+def _check_matrix_and_rank(fn, matrix, rank):
+    if matrix.ndim != 2:
+        raise _error(fn, "matrix", "a 2-D array", f"shape {tuple(matrix.shape)}")
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 1 <= rank <= min(matrix.shape):
+        raise _error(fn, "rank", f"an int in [1, {min(matrix.shape)}]", repr(rank))
+    return int(rank)
+
+
 def truncated_svd_reconstruction(matrix, rank: int):
     """The best rank-``rank`` approximation ``U_k S_k V_kᵀ`` of ``matrix [n, m]`` (Eckart–Young)."""
     matrix = jnp.asarray(matrix)
-    if matrix.ndim != 2:
-        raise _error("truncated_svd_reconstruction", "matrix", "a 2-D array", f"shape {tuple(matrix.shape)}")
-    if not isinstance(rank, int) or not 1 <= rank <= min(matrix.shape):
-        raise _error("truncated_svd_reconstruction", "rank", f"an int in [1, {min(matrix.shape)}]", repr(rank))
+    rank = _check_matrix_and_rank("truncated_svd_reconstruction", matrix, rank)
     u, s, vt = jnp.linalg.svd(matrix, full_matrices=False)
     return (u[:, :rank] * s[:rank]) @ vt[:rank]
 
@@ -84,8 +89,7 @@ def train_linear_autoencoder(matrix, rank: int, *, steps: int = 2000, learning_r
     """Fits ``M ≈ M·C·D`` (``C [m, k]``, ``D [k, m]``, rows of ``M`` as examples) by Adam on the
     mean squared error; returns ``(C, D, final squared error Σ (M − MCD)²)``."""
     matrix = jnp.asarray(matrix, jnp.float32)
-    if matrix.ndim != 2:
-        raise _error("train_linear_autoencoder", "matrix", "a 2-D array", f"shape {tuple(matrix.shape)}")
+    rank = _check_matrix_and_rank("train_linear_autoencoder", matrix, rank)
     m = matrix.shape[1]
     kc, kd = jax.random.split(jax.random.key(seed))
     params = {"C": jax.random.normal(kc, (m, rank)) / np.sqrt(m), "D": jax.random.normal(kd, (rank, m)) / np.sqrt(rank)}
