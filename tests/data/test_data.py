@@ -1,5 +1,6 @@
 """Data builders work offline on tiny raw files; the tfds catalog path works on mock data."""
 
+import itertools
 import socket
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from zoo import data
-from zoo.data.batching import epoch_batches, step_batches
+from zoo.data.batching import epoch_batches, epoch_permutation, shuffled_batches, step_batches
 
 MSRA_RAW = {
     "msra_train.txt": "我 O\n在 O\n北 B-LOC\n京 E-LOC\n\n张 B-PER\n三 E-PER\n来 O\n了 O\n\n中 B-ORG\n央 M-ORG\n台 E-ORG\n",
@@ -89,3 +90,22 @@ def test_step_batches_are_a_function_of_the_step():
         np.testing.assert_array_equal(a, b)
     epoch = epoch_batches(lengths, 8, seed=1, epoch=0)
     assert len(epoch) == 12 and len(np.unique(np.concatenate(epoch))) == 96
+
+
+def test_shuffled_batches_are_a_function_of_the_step():
+    """Epoch e is default_rng([seed, e]).permutation(n) cut into full batches; resuming at any
+    step yields exactly the uninterrupted sequence."""
+    n, size, seed = 23, 5, 3  # 4 batches per epoch, 3 examples dropped
+    full = list(itertools.islice(shuffled_batches(n, size, seed), 13))
+    for step, idx in full:
+        epoch, b = divmod(step, 4)
+        want = np.random.default_rng([seed, epoch]).permutation(n)[b * size : (b + 1) * size]
+        assert full[step][0] == step
+        np.testing.assert_array_equal(idx, want)
+    np.testing.assert_array_equal(epoch_permutation(n, seed, 1), np.random.default_rng([seed, 1]).permutation(n))
+    resumed = list(itertools.islice(shuffled_batches(n, size, seed, start_step=7), 6))
+    for (s, idx), (fs, fidx) in zip(resumed, full[7:]):
+        assert s == fs
+        np.testing.assert_array_equal(idx, fidx)
+    with pytest.raises(ValueError, match="batch_size 30 exceeds the number of examples"):
+        next(shuffled_batches(n, 30, seed))

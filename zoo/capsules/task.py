@@ -29,6 +29,7 @@ import optax
 from zoo.capsules import model as capsule_models
 from zoo.capsules.losses import margin_loss, spread_loss
 from zoo.core.train import Task
+from zoo.data.batching import shuffled_batches
 from zoo.data.images import IMAGE_DATASETS, load_images
 
 KINDS = ("capsnet", "su_capsule", "cnn_baseline", "em_capsnet")
@@ -181,15 +182,8 @@ def get_task(config: ml_collections.ConfigDict, workdir: Path) -> Task:
         del key  # no dropout or sampling in these models
         return loss_and_metrics(model, config, params, batch)
 
-    @functools.lru_cache(maxsize=1)
-    def epoch_order(epoch):
-        return np.random.default_rng([config.seed, epoch]).permutation(len(train_labels))
-
     def train_batches(start_step):
-        step = start_step
-        while True:
-            epoch, offset = divmod(step, steps_per_epoch)
-            idx = epoch_order(epoch)[offset * d.batch_size : (offset + 1) * d.batch_size]
+        for step, idx in shuffled_batches(len(train_labels), d.batch_size, config.seed, start_step):
             shift_rng = np.random.default_rng([config.seed, step, 1])
             batch = {
                 "images": to_float(random_shift(train_images[idx], d.shift, shift_rng)),
@@ -198,7 +192,6 @@ def get_task(config: ml_collections.ConfigDict, workdir: Path) -> Task:
             if config.model.kind == "em_capsnet":
                 batch["margin"] = np.full(len(idx), spread_margin(config, step), np.float32)
             yield batch
-            step += 1
 
     def evaluate(params):
         return evaluate_images(config, model, params, test_images, test_labels, workdir)

@@ -38,6 +38,26 @@ def step_batches(lengths: np.ndarray, batch_size: int, seed: int, start_step: in
         epoch, offset = epoch + 1, 0
 
 
+def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    """The example order of one epoch: ``default_rng([seed, epoch]).permutation(num_examples)``."""
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def shuffled_batches(num_examples: int, batch_size: int, seed: int, start_step: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+    """Yields ``(step, example indices)`` from ``start_step`` on: each epoch is
+    :func:`epoch_permutation` cut into full batches (the remainder is dropped), so the batch of
+    a step is a pure function of ``(seed, step)``."""
+    per_epoch = num_examples // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"batch_size {batch_size} exceeds the number of examples ({num_examples})")
+    epoch, offset = divmod(start_step, per_epoch)
+    while True:
+        order = epoch_permutation(num_examples, seed, epoch)
+        for b in range(offset, per_epoch):
+            yield epoch * per_epoch + b, order[b * batch_size : (b + 1) * batch_size]
+        epoch, offset = epoch + 1, 0
+
+
 def padded_length(max_len_in_batch: int, bucket: int) -> int:
     """Rounds up to a multiple of ``bucket`` so only a few shapes get compiled."""
     return max(bucket, -(-max_len_in_batch // bucket) * bucket)

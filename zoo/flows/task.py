@@ -25,6 +25,7 @@ import optax
 from kernels.flows import bits_per_dim, dequantize
 from zoo.core.images import image_grid, save_grid  # noqa: F401  (re-exported: notebooks use task.image_grid)
 from zoo.core.train import Task
+from zoo.data.batching import epoch_permutation, shuffled_batches
 from zoo.data.images import load_images
 from zoo.flows.model import NICE, MultiScaleFlow
 
@@ -118,13 +119,9 @@ def get_task(config: ml_collections.ConfigDict, workdir: Path) -> Task:
     if steps_per_epoch == 0:
         raise ValueError(f"data.batch_size {d.batch_size} exceeds the {len(train_images)} training images")
 
-    @functools.lru_cache(maxsize=1)
-    def epoch_order(epoch):
-        return np.random.default_rng([config.seed, epoch]).permutation(len(train_images))
-
     def init(key):
         init_key, noise_key = jax.random.split(key)
-        first = train_images[epoch_order(0)[: d.init_batch_size]]
+        first = train_images[epoch_permutation(len(train_images), config.seed, 0)[: d.init_batch_size]]
         return jax.jit(model.init)(init_key, dequantize(noise_key, first))["params"]
 
     def loss_fn(params, batch, key):
@@ -133,12 +130,8 @@ def get_task(config: ml_collections.ConfigDict, workdir: Path) -> Task:
         return loss, {"bpd": loss}
 
     def train_batches(start_step):
-        step = start_step
-        while True:
-            epoch, offset = divmod(step, steps_per_epoch)
-            idx = epoch_order(epoch)[offset * d.batch_size : (offset + 1) * d.batch_size]
+        for _, idx in shuffled_batches(len(train_images), d.batch_size, config.seed, start_step):
             yield {"images": train_images[idx]}
-            step += 1
 
     def evaluate(params):
         e = config.eval

@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from zoo.core.train import Task
+from zoo.data.batching import shuffled_batches
 from zoo.data.images import load_images
 from zoo.gan import evaluation
 from zoo.gan.models import make_encoder, make_models
@@ -116,10 +117,6 @@ def get_task(config: ml_collections.ConfigDict, workdir: Path | None) -> Task:
     check_pixel_range(m.pixel_range)
     update = make_update(spec, tx)
 
-    @functools.lru_cache(maxsize=1)
-    def epoch_order(epoch):
-        return np.random.default_rng([config.seed, epoch]).permutation(len(train_images))
-
     init_all = jax.jit(lambda key: init_variables((generator, discriminator), key, image_shape, m.z_dim, encoder))
     pending = {}  # init(key) and init_model_state(key) get the same key: initialise once
 
@@ -131,11 +128,8 @@ def get_task(config: ml_collections.ConfigDict, workdir: Path | None) -> Task:
         return (pending.pop("variables", None) or init_all(key))[1]
 
     def train_batches(start_step):
-        step = start_step
-        while True:
-            epoch, offset = divmod(step, steps_per_epoch)
-            yield {"images": train_images[epoch_order(epoch)[offset * per_step : (offset + 1) * per_step]]}
-            step += 1
+        for _, idx in shuffled_batches(len(train_images), per_step, config.seed, start_step):
+            yield {"images": train_images[idx]}
 
     def task_update(state, batch, key):
         return update(state, {"images": to_model_range(batch["images"], m.pixel_range)}, key)

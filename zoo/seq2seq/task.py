@@ -41,6 +41,7 @@ import optax
 
 from zoo.core.train import Task
 from zoo.data import poetry
+from zoo.data.batching import shuffled_batches
 from zoo.data.poetry import END, PAD, START
 from zoo.seq2seq import decoding, lstm
 from zoo.seq2seq.metrics import corpus_bleu, rouge_l
@@ -308,17 +309,9 @@ def get_task(config: ml_collections.ConfigDict, workdir: Path) -> Task:
         loss, count = loss_and_count(kind, model, params, batch)
         return loss, {"target_tokens": count}
 
-    @functools.lru_cache(maxsize=1)
-    def epoch_order(epoch):
-        return np.random.default_rng([config.seed, epoch]).permutation(n)
-
     def train_batches(start_step):
-        step = start_step
-        while True:
-            epoch, offset = divmod(step, steps_per_epoch)
-            idx = epoch_order(epoch)[offset * d.batch_size : (offset + 1) * d.batch_size]
+        for _, idx in shuffled_batches(n, d.batch_size, config.seed, start_step):
             yield {k: v[idx] for k, v in arrays.items()}
-            step += 1
 
     def evaluate(params):
         return evaluate_poems(config, model, params, vocab, test_poems, workdir)

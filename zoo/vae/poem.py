@@ -42,6 +42,7 @@ import optax
 
 from zoo.core.train import Task
 from zoo.data import poetry
+from zoo.data.batching import shuffled_batches
 from zoo.vae.losses import gaussian_kl
 
 COUPLET_LENGTH = 10
@@ -214,16 +215,9 @@ def get_task(config: ml_collections.ConfigDict, workdir: Path) -> Task:
     def loss_fn(params, batch, key):
         return loss_and_metrics(model, params, batch["tokens"], key)
 
-    @functools.lru_cache(maxsize=1)
-    def epoch_order(epoch):
-        return np.random.default_rng([config.seed, epoch]).permutation(n)
-
     def train_batches(start_step):
-        step = start_step
-        while True:
-            epoch, offset = divmod(step, steps_per_epoch)
-            yield {"tokens": train_tokens[epoch_order(epoch)[offset * d.batch_size : (offset + 1) * d.batch_size]]}
-            step += 1
+        for _, idx in shuffled_batches(n, d.batch_size, config.seed, start_step):
+            yield {"tokens": train_tokens[idx]}
 
     def evaluate(params):
         return evaluate_couplets(config, model, params, vocab, test_tokens, train_set, workdir)

@@ -36,6 +36,7 @@ import optax
 from kernels.checks import argument_error as _error
 from zoo.core.images import save_grid
 from zoo.core.train import Task
+from zoo.data.batching import shuffled_batches
 from zoo.data.images import load_images
 from zoo.vae import losses
 from zoo.vae.models import CVAE, VAE, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
@@ -214,10 +215,6 @@ def get_task(config: ml_collections.ConfigDict, workdir: Path | None) -> Task:
         raise _error("vae task", "config.data.batch_size", expected, d.batch_size)
     conditional = bool(config.model.conditional)
 
-    @functools.lru_cache(maxsize=1)
-    def epoch_order(epoch):
-        return np.random.default_rng([config.seed, epoch]).permutation(len(train_images))
-
     def init(key):
         x = jnp.zeros((2, *train_images.shape[1:]), jnp.float32)
         labels = jnp.zeros((2,), jnp.int32)
@@ -230,12 +227,8 @@ def get_task(config: ml_collections.ConfigDict, workdir: Path | None) -> Task:
         return loss, {"nats": loss, "bpd": losses.bits_per_dim(loss, num_dims, num_bins=num_bins)}
 
     def train_batches(start_step):
-        step = start_step
-        while True:
-            epoch, offset = divmod(step, steps_per_epoch)
-            idx = epoch_order(epoch)[offset * d.batch_size : (offset + 1) * d.batch_size]
+        for _, idx in shuffled_batches(len(train_images), d.batch_size, config.seed, start_step):
             yield {"images": train_images[idx], "labels": train_labels[idx]}
-            step += 1
 
     def evaluate(params):
         ks = tuple(int(k) for k in e.iwae_k)
