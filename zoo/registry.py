@@ -75,6 +75,10 @@ MODELS = {
         "vae", "zoo.vae.configs.vae", "zoo.vae.task", "mnist_5k",
         "VAE 784-256-2-256-784, Bernoulli (post 5253); variants conv, cvae (the author's simplest CVAE), iwae, gaussian, fashion (posts 5343, 5383)",
     ),
+    "nvae": ModelSpec(
+        "vae", "zoo.vae.configs.nvae", "zoo.vae.nvae_task", "fashion_mnist",
+        "NVAE at 28x28: residual posterior over two scales of latent groups, SE residual cells, spectral and BN regularisers, KL warm-up and balancing, BN re-estimation (post 7574); variants binary, mnist",
+    ),
     "poem_vae": ModelSpec(
         "vae", "zoo.vae.configs.poem_vae", "zoo.vae.poem", "poetry_couplets",
         "the author's CNN+VAE poem generator: gated convolutions, non-autoregressive 10-character couplets (post 5332)",

@@ -1,0 +1,186 @@
+"""NVAE: the residual KL against the general Gaussian KL and Monte Carlo, NVlabs's KL balancer
+and spectral regulariser against transcriptions / the SVD, the model's passes on a tiny
+configuration, the task's update and evaluation, BatchNorm re-estimation, and bad inputs."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zoo.core.train import TrainState
+from zoo.vae import nvae, nvae_task
+from zoo.vae.configs import nvae as nvae_configs
+
+
+def general_kl(mq, sq, mp, sp):
+    """KL(N(mq, sq²) ‖ N(mp, sp²)) per element, scales (not logs), summed over all but axis 0."""
+    t = np.log(sp / sq) + (sq**2 + (mq - mp) ** 2) / (2 * sp**2) - 0.5
+    return t.reshape(t.shape[0], -1).sum(-1)
+
+
+def test_residual_kl_equals_the_gaussian_kl_and_its_monte_carlo_estimate():
+    rng = np.random.default_rng(0)
+    mp, lsp, dm, dls = (rng.normal(size=(3, 2, 2, 4)).astype(np.float32) * s for s in (1.0, 0.5, 1.0, 0.4))
+    kl = nvae.residual_gaussian_kl(dm, dls, lsp)
+    np.testing.assert_allclose(kl, general_kl(mp + dm, np.exp(lsp + dls), mp, np.exp(lsp)), rtol=1e-5)
+    # Monte Carlo: E_q[log q(z) − log p(z)]
+    eps = jax.random.normal(jax.random.key(0), (20000, *mp.shape))
+    z = mp + dm + np.exp(lsp + dls) * eps
+    log_q = jax.vmap(lambda z: nvae.normal_log_density(z, mp + dm, lsp + dls))(z)
+    log_p = jax.vmap(lambda z: nvae.normal_log_density(z, mp, lsp))(z)
+    diff = np.asarray(log_q - log_p)
+    np.testing.assert_allclose(diff.mean(0), kl, atol=4 * diff.std(0).max() / np.sqrt(len(diff)))
+    # the first group's prior N(0, I): the plain VAE's KL
+    np.testing.assert_allclose(nvae.residual_gaussian_kl(dm, dls, 0.0), general_kl(dm, np.exp(dls), 0.0, 1.0), rtol=1e-5)
+
+
+def nvlabs_kl_balancer(kl_all, kl_coeff, alpha):
+    """NVlabs/NVAE utils.kl_balancer with kl_balance=True, in numpy (for kl_coeff < 1)."""
+    kl_coeff_i = np.abs(kl_all).mean(0, keepdims=True) + 0.01
+    total = kl_coeff_i.sum()
+    kl_coeff_i = kl_coeff_i / alpha[None] * total
+    kl_coeff_i = kl_coeff_i / kl_coeff_i.mean(1, keepdims=True)
+    return kl_coeff * (kl_all * kl_coeff_i).sum(1)
+
+
+def test_kl_balancer_and_weights_follow_nvlabs():
+    np.testing.assert_allclose(nvae.kl_balance_weights((2, 2)), [1, 1, 4, 4])
+    np.testing.assert_allclose(nvae.kl_balance_weights((1, 2)), [1, 2, 2])  # 4**1 / 2 groups, over min 1
+    kl = np.abs(np.random.default_rng(1).normal(size=(5, 4))).astype(np.float32) * [1, 10, 3, 0.1]
+    w = nvae.kl_balance_weights((2, 2))
+    np.testing.assert_allclose(nvae.kl_balancer(kl, 0.3, w), nvlabs_kl_balancer(kl, 0.3, w), rtol=1e-5)
+    np.testing.assert_allclose(nvae.kl_balancer(kl, 1.0, w), kl.sum(1), rtol=1e-6)  # no balancing at beta = 1
+    np.testing.assert_allclose(nvae.kl_balancer(kl, 0.3, w, balance=False), 0.3 * kl.sum(1), rtol=1e-6)
+    # the coefficients carry no gradient: d/dkl is beta·c
+    g = jax.grad(lambda k: jnp.sum(nvae.kl_balancer(k, 0.3, w)))(jnp.asarray(kl))
+    coeff = np.asarray(g[0]) / 0.3
+    np.testing.assert_allclose(np.asarray(g), np.broadcast_to(0.3 * coeff, kl.shape), rtol=1e-6)
+    np.testing.assert_allclose(coeff.mean(), 1.0, rtol=1e-5)
+
+
+def test_spectral_regulariser_converges_to_the_largest_singular_values_with_their_gradient():
+    rng = np.random.default_rng(2)
+    params = {"a": {"kernel": rng.normal(size=(3, 3, 4, 5)).astype(np.float32)},
+              "b": {"kernel": rng.normal(size=(5, 5, 1, 6)).astype(np.float32), "bias": np.zeros(6, np.float32)},
+              "dense": {"kernel": rng.normal(size=(4, 4)).astype(np.float32)}}  # fmt: skip
+    u = nvae.init_power_vectors(params, jax.random.key(0))
+    assert sorted(u) == ["a/kernel", "b/kernel"]  # convolutions only
+    total, u = nvae.spectral_regulariser(params, u, num_iters=200)
+    mats = nvae.spectral_matrices(params)
+    sv = {k: np.linalg.svd(np.asarray(m)) for k, m in mats.items()}
+    np.testing.assert_allclose(total, sum(s[1][0] for s in sv.values()), rtol=1e-4)
+    grad = jax.grad(lambda p: nvae.spectral_regulariser(p, u, 1)[0])(params)
+    left, _, right = sv["a/kernel"]
+    expect = np.outer(left[:, 0], right[0]) * np.sign(left[0, 0] * np.asarray(u["a/kernel"])[0])  # u v^T
+    got = np.asarray(grad["a"]["kernel"]).reshape(-1, 5).T
+    np.testing.assert_allclose(np.abs(got), np.abs(expect), atol=1e-4)
+    assert float(jnp.sum(jnp.abs(grad["dense"]["kernel"]))) == 0.0
+    with pytest.raises(ValueError, match="spectral_regulariser: `power_vectors` must be one vector per convolution"):
+        nvae.spectral_regulariser(params, {"a/kernel": u["a/kernel"]})
+
+
+def test_batchnorm_scale_regulariser_sums_the_largest_scale_per_layer():
+    params = {"cell": {"BatchNorm_0": {"scale": jnp.asarray([0.5, -2.0]), "bias": jnp.ones(2)},
+                       "BatchNorm_1": {"scale": jnp.asarray([1.5])}, "Conv_0": {"kernel": 9 * jnp.ones((1, 1, 1, 1))}}}  # fmt: skip
+    assert float(nvae.batchnorm_scale_regulariser(params)) == pytest.approx(3.5)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny(likelihood="bernoulli"):
+    model = nvae.NVAE(image_shape=(8, 8, 1), channels=4, latent_channels=2, groups_per_scale=(1, 2), expand=2,
+                      likelihood=likelihood)  # fmt: skip
+    x = (np.random.default_rng(0).random((3, 8, 8, 1)) < 0.4).astype(np.float32)
+    variables = jax.jit(model.init)(jax.random.key(0), x, jax.random.key(1))
+    return model, variables, x
+
+
+def perturbed(variables, scale=0.3):
+    leaves, tree = jax.tree.flatten(variables["params"])
+    rng = np.random.default_rng(3)
+    noisy = [p + scale * rng.normal(size=p.shape).astype(np.float32) for p in leaves]
+    return {**variables, "params": jax.tree.unflatten(tree, noisy)}
+
+
+@functools.lru_cache(maxsize=None)
+def jitted_pass(model):
+    return jax.jit(lambda v, x, key: model.apply(v, x, key, mutable=["batch_stats"])[0])
+
+
+def test_passes_shapes_and_the_zero_initialised_start():
+    model, v, x = tiny()
+    assert model.latent_shapes() == [(2, 2, 2), (4, 4, 2), (4, 4, 2)]
+    out, kl, log_ratio = jitted_pass(model)(v, x, jax.random.key(2))
+    assert out.shape == (3, 8, 8, 1) and kl.shape == (3, 3) and log_ratio.shape == (3,)
+    np.testing.assert_allclose(kl, 0.0, atol=1e-6)  # q = p at initialisation
+    np.testing.assert_allclose(log_ratio, 0.0, atol=1e-4)
+    np.testing.assert_allclose(out, 0.0, atol=1e-6)  # fair-coin decoder
+    pv = perturbed(v)
+    _, kl, log_ratio = jitted_pass(model)(pv, x, jax.random.key(2))
+    assert np.all(np.asarray(kl) > 0) and np.all(np.isfinite(log_ratio))
+    sample = jax.jit(lambda v, key: model.apply(v, key, 5, 0.7, method="sample", mutable=["batch_stats"])[0])
+    samples = sample(pv, jax.random.key(4))
+    assert samples.shape == (5, 8, 8, 1) and 0 <= float(samples.min()) and float(samples.max()) <= 1
+
+
+def test_eval_mode_is_batch_independent():
+    model, v, x = tiny()
+    v = perturbed(v)
+    ev = model.clone(train=False)
+    terms = jax.jit(lambda v, x: ev.apply(v, x, jax.random.key(5), method="terms"))
+    full, one = terms(v, x), terms(v, x[:2])
+    # running averages, and (partitionable threefry) the first rows draw the same noise in both
+    # batches: a row's terms do not depend on the rest of the batch
+    for a, b in zip(full, one):
+        np.testing.assert_allclose(a[:2], b, rtol=1e-4, atol=1e-3)
+
+
+def test_readjusted_batch_stats_change_only_the_decoder():
+    model, v, _ = tiny()
+    v = perturbed(v)
+    stats = nvae_task.readjust_batch_stats(model, v, jax.random.key(0), 1.0, 2, 4)
+    assert jax.tree.structure(stats) == jax.tree.structure(v["batch_stats"])
+    old, new = v["batch_stats"], stats
+    np.testing.assert_array_equal(old["pre_0"]["BatchNorm_0"]["mean"], new["pre_0"]["BatchNorm_0"]["mean"])
+    assert not np.allclose(old["post_0"]["BatchNorm_0"]["mean"], new["post_0"]["BatchNorm_0"]["mean"])
+    with pytest.raises(ValueError, match="`num_batches` must be an integer >= 1"):
+        nvae_task.readjust_batch_stats(model, v, jax.random.key(0), 1.0, 0, 4)
+
+
+def test_smoke_task_updates_and_evaluates(tmp_path):
+    c = nvae_configs.get_config("smoke")
+    c.data.test_limit = 25
+    c.eval.update(num_samples=8, num_reconstructions=8)
+    t = nvae_task.get_task(c, tmp_path)
+    key = jax.random.key(0)
+    params = t.init(key)
+    state = TrainState(jnp.zeros((), jnp.int32), params, t.optimizer.init(params), t.init_model_state(key))
+    update = jax.jit(t.update)
+    batches = t.train_batches(0)
+    for i in range(2):
+        state, m = update(state, next(batches), jax.random.key(i))
+        assert np.isfinite(float(m["loss"])) and int(state.step) == i + 1
+        assert float(m["beta"]) == pytest.approx(min(max(i / 1.0, 1e-4), 1.0))  # kl warm-up over 30% of 4 steps
+    ev = t.evaluate({"params": state.params, "model_state": state.model_state})
+    assert set(ev) == {"test_nelbo", "test_nelbo_bpd", "test_iwae3", "test_iwae3_bpd"}
+    assert all(np.isfinite(v) for v in ev.values()) and ev["test_iwae3"] <= ev["test_nelbo"] + 1.0
+    assert (tmp_path / "samples_t1.png").stat().st_size > 0 and (tmp_path / "reconstructions.png").stat().st_size > 0
+
+
+def test_configs_and_bad_inputs():
+    assert nvae_configs.get_config("").data.name == "fashion_mnist"
+    assert nvae_configs.get_config("mnist").model.likelihood == "bernoulli"
+    with pytest.raises(ValueError, match="unknown variant 'big'"):
+        nvae_configs.get_config("big")
+    x = jnp.zeros((2, 8, 8, 1))
+    with pytest.raises(ValueError, match=r"NVAE: `image_shape` must be H and W divisible by 2\*\*len\(groups_per_scale\) = 8"):
+        nvae.NVAE(image_shape=(12, 12, 1), groups_per_scale=(1, 1, 1)).init(jax.random.key(0), jnp.zeros((2, 12, 12, 1)), jax.random.key(0))
+    with pytest.raises(ValueError, match=r"NVAE: `groups_per_scale` must be a non-empty tuple"):
+        nvae.NVAE(image_shape=(8, 8, 1), groups_per_scale=()).init(jax.random.key(0), x, jax.random.key(0))
+    with pytest.raises(ValueError, match=r"NVAE: `x` must be images \[B, 8, 8, 1\]; got shape \(2, 8, 8\)"):
+        nvae.NVAE(image_shape=(8, 8, 1), channels=4).init(jax.random.key(0), x[..., 0], jax.random.key(0))
+    c = nvae_configs.get_config("smoke")
+    c.loss.kl_min = 0.0
+    with pytest.raises(ValueError, match=r"nvae task: `config.loss.kl_min` must be a value in \(0, 1\]"):
+        nvae_task.check_config(c)
