@@ -19,6 +19,7 @@ SUITES = {
     "attention": "benchmarks.bench_attention",
     "gmm": "benchmarks.bench_gmm",
     "vae": "benchmarks.bench_vae",
+    "vae_table": "benchmarks.bench_vae_table",
 }
 
 
