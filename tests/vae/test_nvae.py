@@ -77,6 +77,14 @@ def test_spectral_regulariser_converges_to_the_largest_singular_values_with_thei
     got = np.asarray(grad["a"]["kernel"]).reshape(-1, 5).T
     np.testing.assert_allclose(np.abs(got), np.abs(expect), atol=1e-4)
     assert float(jnp.sum(jnp.abs(grad["dense"]["kernel"]))) == 0.0
+    # a zero-initialised kernel keeps its power vector, so its sigma counts once it is non-zero
+    zero = {"k": {"kernel": np.zeros((1, 1, 2, 3), np.float32)}}
+    u0 = nvae.init_power_vectors(zero, jax.random.key(1))
+    sigma, u1 = nvae.spectral_regulariser(zero, u0, num_iters=2)
+    assert float(sigma) == 0.0 and np.allclose(u1["k/kernel"], u0["k/kernel"])
+    grown = {"k": {"kernel": np.ones((1, 1, 2, 3), np.float32)}}
+    sigma, _ = nvae.spectral_regulariser(grown, u1, num_iters=3)
+    assert float(sigma) == pytest.approx(np.sqrt(6.0), rel=1e-5)  # ones(3, 2): sigma_max = sqrt(6)
     with pytest.raises(ValueError, match="spectral_regulariser: `power_vectors` must be one vector per convolution"):
         nvae.spectral_regulariser(params, {"a/kernel": u["a/kernel"]})
 
@@ -122,6 +130,19 @@ def test_passes_shapes_and_the_zero_initialised_start():
     sample = jax.jit(lambda v, key: model.apply(v, key, 5, 0.7, method="sample", mutable=["batch_stats"])[0])
     samples = sample(pv, jax.random.key(4))
     assert samples.shape == (5, 8, 8, 1) and 0 <= float(samples.min()) and float(samples.max()) <= 1
+
+
+def test_model_kl_is_the_expected_log_ratio():
+    """The analytic per-group KLs (floored scales, clamped residuals) against Monte Carlo:
+    E_q[Σ_l KL_l] = E_q[log q(z) − log p(z)] = −E_q[log_ratio] over draws of the whole hierarchy."""
+    model, v, x = tiny()
+    v = perturbed(v, 0.2)
+    ev = model.clone(train=False)
+    draws = jax.jit(jax.vmap(lambda k: ev.apply(v, x, k, method="terms")[1:]))(jax.random.split(jax.random.key(7), 4000))
+    kl, ratio = np.asarray(draws[0]).sum(-1), -np.asarray(draws[1])  # [draws, B]
+    diff = ratio - kl
+    assert np.all(kl.mean(0) > 1.0)
+    np.testing.assert_allclose(diff.mean(0), 0.0, atol=4 * diff.std(0).max() / np.sqrt(len(diff)) + 1e-3)
 
 
 def test_eval_mode_is_batch_independent():
@@ -180,7 +201,35 @@ def test_configs_and_bad_inputs():
         nvae.NVAE(image_shape=(8, 8, 1), groups_per_scale=()).init(jax.random.key(0), x, jax.random.key(0))
     with pytest.raises(ValueError, match=r"NVAE: `x` must be images \[B, 8, 8, 1\]; got shape \(2, 8, 8\)"):
         nvae.NVAE(image_shape=(8, 8, 1), channels=4).init(jax.random.key(0), x[..., 0], jax.random.key(0))
-    c = nvae_configs.get_config("smoke")
-    c.loss.kl_min = 0.0
-    with pytest.raises(ValueError, match=r"nvae task: `config.loss.kl_min` must be a value in \(0, 1\]"):
-        nvae_task.check_config(c)
+    for field, value, message in [
+        ("loss.kl_min", 0.0, r"`config.loss.kl_min` must be a value in \(0, 1\]"),
+        ("loss.power_iters", 0, r"`config.loss.power_iters` must be an integer >= 1"),
+        ("model.likelihood", "'gaussian'", r"`config.model.likelihood` must be 'bernoulli' with data.binarize='dynamic'"),
+        ("eval.temperatures", (0.0,), r"`config.eval.temperatures / iwae_k` must be temperatures > 0"),
+        ("model.bn_momentum", 1.0, r"`config.model.bn_momentum` must be a value in \[0, 1\)"),
+    ]:
+        c = nvae_configs.get_config("mnist_smoke")
+        section, name = field.split(".")
+        c[section][name] = value if not isinstance(value, str) else value.strip("'")
+        with pytest.raises(ValueError, match="nvae task: " + message):
+            nvae_task.check_config(c)
+
+
+def test_remat_gives_the_same_loss_and_gradients():
+    model = nvae.NVAE(image_shape=(4, 4, 1), channels=2, latent_channels=1, groups_per_scale=(1,), pre_cells=0,
+                      post_cells=0, expand=1)  # fmt: skip
+    x = jnp.asarray(np.random.default_rng(4).random((2, 4, 4, 1)) < 0.5, jnp.float32)
+    v = perturbed(jax.jit(model.init)(jax.random.key(0), x, jax.random.key(1)), 0.1)
+
+    def loss(m):
+        def f(params):
+            (ll, kl, _), _ = m.apply({**v, "params": params}, x, jax.random.key(3), method="terms",
+                                     mutable=["batch_stats"])  # fmt: skip
+            return jnp.mean(-ll + jnp.sum(kl, -1))
+
+        return jax.jit(jax.value_and_grad(f))(v["params"])
+
+    (a, ga), (b, gb) = loss(model), loss(model.clone(remat=True))
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+    for p, q in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+        np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-5)

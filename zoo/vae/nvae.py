@@ -17,10 +17,11 @@ Architecture (``C`` = ``channels``, ``S`` = ``len(groups_per_scale)`` latent sca
   conditions that group's posterior (the last one, at the smallest resolution, the first
   group's);
 * top-down decoder: a learned constant ``[H/2^S, W/2^S, C·2^S]``; per group
-  ``cells_per_group`` generative cells (not for the first group, whose prior is
-  ``N(0, I)``), the prior head ``ELU → conv3×3`` on ``h``, the posterior head
-  ``ELU → conv3×3`` on ``feature + conv1×1(h)`` (the paper's encoder combiner), and the
-  decoder combiner ``h ← conv1×1([h, z])``; an upsampling generative cell between scales
+  ``cells_per_group`` generative cells (not for the first group, whose prior is the
+  standard ``Normal(0, 0)``), the prior head ``ELU → conv1×1`` on ``h``, the posterior head
+  ``conv3×3`` on ``feature + conv1×1(h)`` (NVlabs's encoder combiner; the first group's on
+  ``ELU → conv1×1 → ELU`` of the deepest feature, NVlabs's ``enc0``), and the decoder
+  combiner ``h ← conv1×1([h, z])``; an upsampling generative cell between scales
   and one back to full size; ``post_cells`` generative cells; ``ELU → conv3×3`` to the
   output (Bernoulli logits, or a Gaussian mean and log-scale per pixel). The prior,
   posterior and output heads start at zero, so training starts from ``q = p = N(0, I)``
@@ -30,12 +31,18 @@ Architecture (``C`` = ``channels``, ``S`` = ``len(groups_per_scale)`` latent sca
   Swish → conv1×1 → BN → SE``. Both are residual with the branch scaled by 0.1 (NVlabs's
   cells), and ``remat=True`` recomputes them in the backward pass.
 
-Every ``μ`` and ``log σ`` is soft-clamped to ``±5`` (``5·tanh(·/5)``, NVlabs's
-``soft_clamp5``), so ``exp`` of a scale can neither overflow nor vanish; the KL is computed
-from the clamped log-scales as differences (never as a ratio of two ``exp``).
+Every Gaussian is NVlabs's ``Normal``: ``μ = soft_clamp5(m)``, ``σ = exp(soft_clamp5(s)) + 0.01``
+(``5·tanh(·/5)``), here kept as ``log σ = logaddexp(soft_clamp5(s), log 0.01)``
+(:func:`normal_params`). The posterior clamps the *raw* sums ``m_p + Δm``, ``s_p + Δs``. So
+``exp`` of a scale can neither overflow nor vanish, and the KL is computed from these
+log-scales as differences, never as a ratio of two ``exp``.
 
 What is *not* built: NVlabs's weight normalisation of every convolution, the IAF flows
 inside groups, the discretised logistic mixture for colour images, and mixed precision.
+Simplified: the downsampling skip is one strided 1×1 convolution (NVlabs: FactorizedReduce);
+upsampling is nearest (NVlabs: bilinear); an upsampling cell's expansion is
+``channels·expand`` of its *output* width (NVlabs: of its input width); convolutions keep
+their bias before a BatchNorm; ``h0`` starts normal (NVlabs: uniform).
 The spectral regulariser, the BatchNorm-scale regulariser, KL warm-up with NVlabs's KL
 balancing and BatchNorm re-estimation before sampling live in :mod:`zoo.vae.nvae_task`
 and the functions below.
@@ -43,6 +50,7 @@ and the functions below.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import flax.linen as nn
@@ -56,11 +64,17 @@ from zoo.vae import losses
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 CLAMP = 5.0
+SIGMA_FLOOR = 1e-2
 
 
 def soft_clamp(x, bound: float = CLAMP):
     """``bound·tanh(x/bound)``: about the identity for ``|x| ≪ bound``, never beyond ``±bound``."""
     return bound * jnp.tanh(x / bound)
+
+
+def normal_params(raw_mean, raw_log_scale):
+    """NVlabs's ``Normal(mu, log_sigma)``: ``(soft_clamp5(m), log(exp(soft_clamp5(s)) + 0.01))``."""
+    return soft_clamp(raw_mean), jnp.logaddexp(soft_clamp(raw_log_scale), math.log(SIGMA_FLOOR))
 
 
 def residual_gaussian_kl(delta_mean, delta_log_scale, prior_log_scale):
@@ -259,14 +273,15 @@ class NVAE(nn.Module):
         self.h0 = self.param("h0", nn.initializers.normal(1.0), (h // factor, w // factor, width(0)))
         # zero-initialised heads: every group starts at q = p = N(0, I) (KL 0); a random
         # head puts log-scales near the ±5 clamp, where one group's KL is ~1e4 nats
-        head = lambda f: nn.Conv(f, (3, 3), padding="SAME", kernel_init=nn.initializers.zeros)  # noqa: E731
+        head = lambda f, k: nn.Conv(f, (k, k), padding="SAME", kernel_init=nn.initializers.zeros)  # noqa: E731
+        self.enc0 = nn.Conv(width(0), (1, 1))
         dec_cells, prior, posterior, enc_comb, dec_comb = [], [], [], [], []
         for t, g in enumerate(G):
             for _ in range(g):
                 first = not dec_comb
                 dec_cells.append([] if first else [gen_cell(width(t), **gkw) for _ in range(self.cells_per_group)])
-                prior.append(None if first else head(2 * self.latent_channels))
-                posterior.append(head(2 * self.latent_channels))
+                prior.append(None if first else head(2 * self.latent_channels, 1))
+                posterior.append(head(2 * self.latent_channels, 3))
                 enc_comb.append(None if first else nn.Conv(width(t), (1, 1)))
                 dec_comb.append(nn.Conv(width(t), (1, 1)))
         self.dec_cells, self.prior_heads, self.posterior_heads = dec_cells, prior, posterior
@@ -302,12 +317,11 @@ class NVAE(nn.Module):
         return feats[::-1]
 
     def _prior(self, l, h):
-        """``(μ, log σ)`` of ``p(z_l | z_<l)``; ``N(0, I)`` for the first group."""
+        """Raw ``(m, s)`` of ``p(z_l | z_<l)`` (see :func:`normal_params`); zeros for the first group."""
         if l == 0:
             shape = (h.shape[0], *self.latent_shapes()[0])
             return jnp.zeros(shape, h.dtype), jnp.zeros(shape, h.dtype)
-        m, s = jnp.split(self.prior_heads[l](nn.elu(h)), 2, axis=-1)
-        return soft_clamp(m), soft_clamp(s)
+        return tuple(jnp.split(self.prior_heads[l](nn.elu(h)), 2, axis=-1))
 
     def _top_down(self, batch: int, choose_z):
         """Runs the decoder; ``choose_z(l, h, prior) -> (z, extras)``. Returns ``(output, [extras])``."""
@@ -338,10 +352,11 @@ class NVAE(nn.Module):
         feats = self._bottom_up(x)
 
         def choose_z(l, h, prior):
-            p_mean, p_log_scale = prior
-            q_in = feats[l] if l == 0 else feats[l] + self.enc_combiners[l](h)
-            d_mean, d_log_scale = jnp.split(self.posterior_heads[l](nn.elu(q_in)), 2, axis=-1)
-            q_mean, q_log_scale = soft_clamp(p_mean + d_mean), soft_clamp(p_log_scale + d_log_scale)
+            raw_mean, raw_log_scale = prior
+            p_mean, p_log_scale = normal_params(raw_mean, raw_log_scale)
+            q_in = nn.elu(self.enc0(nn.elu(feats[0]))) if l == 0 else feats[l] + self.enc_combiners[l](h)
+            d_mean, d_log_scale = jnp.split(self.posterior_heads[l](q_in), 2, axis=-1)
+            q_mean, q_log_scale = normal_params(raw_mean + d_mean, raw_log_scale + d_log_scale)
             eps = jax.random.normal(jax.random.fold_in(key, l), q_mean.shape, q_mean.dtype)
             z = q_mean + jnp.exp(q_log_scale) * eps
             kl = residual_gaussian_kl(q_mean - p_mean, q_log_scale - p_log_scale, p_log_scale)
@@ -357,7 +372,7 @@ class NVAE(nn.Module):
         """Decoder output for ``z ~ p(z)`` with every group's scale times ``temperature``."""
 
         def choose_z(l, h, prior):
-            mean, log_scale = prior
+            mean, log_scale = normal_params(*prior)
             eps = jax.random.normal(jax.random.fold_in(key, l), mean.shape, mean.dtype)
             return mean + temperature * jnp.exp(log_scale) * eps, None
 
@@ -402,18 +417,25 @@ def spectral_matrices(params) -> dict[str, jax.Array]:
     return flat
 
 
-def init_power_vectors(params, key) -> dict[str, jax.Array]:
-    """Random unit vectors ``u [C_out]`` per convolution, for :func:`spectral_regulariser`."""
+def init_power_vectors(params, key, num_iters: int = 0) -> dict[str, jax.Array]:
+    """Unit vectors ``u [C_out]`` per convolution for :func:`spectral_regulariser`: random,
+    then ``num_iters`` power iterations on ``params`` (NVlabs: 10× the per-step count on
+    first use)."""
     mats = spectral_matrices(params)
     out = {}
     for i, (name, w) in enumerate(sorted(mats.items())):
         u = jax.random.normal(jax.random.fold_in(key, i), (w.shape[0],))
         out[name] = u / jnp.linalg.norm(u)
+    if num_iters > 0:
+        out = spectral_regulariser(params, out, num_iters)[1]
     return out
 
 
-def _normalize(v):
-    return v / jnp.maximum(jnp.linalg.norm(v), 1e-12)
+def _normalize(v, fallback):
+    """``v/‖v‖``, or ``fallback`` where ``v`` is (numerically) zero: a zero-initialised kernel
+    must not turn its power vector into 0 for good."""
+    norm = jnp.linalg.norm(v)
+    return jnp.where(norm > 1e-12, v / jnp.maximum(norm, 1e-12), fallback)
 
 
 def spectral_regulariser(params, power_vectors, num_iters: int = 1):
@@ -435,10 +457,11 @@ def spectral_regulariser(params, power_vectors, num_iters: int = 1):
     for name, w in mats.items():
         u = power_vectors[name]
         wd = jax.lax.stop_gradient(w)
+        v0 = jnp.full((w.shape[1],), 1.0 / math.sqrt(w.shape[1]), w.dtype)
         for _ in range(num_iters):
-            v = _normalize(wd.T @ u)
-            u = _normalize(wd @ v)
-        v = _normalize(wd.T @ u)
+            v = _normalize(wd.T @ u, v0)
+            u = _normalize(wd @ v, u)
+        v = _normalize(wd.T @ u, v0)
         total = total + u @ w @ v
         new[name] = u
     return total, new

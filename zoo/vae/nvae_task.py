@@ -12,8 +12,11 @@ model state):
 * plus ``λ·(Σ_conv σ_max(W) + Σ_BN max|γ|)``, the spectral and BatchNorm-scale
   regularisers, with ``λ`` annealed log-linearly from ``loss.norm_weight_init`` to
   ``loss.norm_weight`` over the warm-up (NVlabs's ``--weight_decay_norm_anneal``);
-* Adamax with a linear learning-rate warm-up and cosine decay (NVlabs's optimiser), an
-  optional global-norm clip.
+* NVlabs's optimiser: Adamax (``eps = 1e-3``) with L2 weight decay ``optim.weight_decay``
+  added to the gradient (PyTorch's ``weight_decay``), a linear learning-rate warm-up and
+  cosine decay; here also an optional global-norm clip (NVlabs has none);
+* the power vectors take ``loss.power_iters`` iterations a step (NVlabs: 4), and 10× that
+  at initialisation.
 
 Evaluation on the test split (BatchNorm on the running averages), per image:
 ``test_nelbo`` (analytic KLs, one sample) and ``test_iwae{k}`` (``−L_k`` from ``k``
@@ -41,8 +44,7 @@ from zoo.core.images import save_grid
 from zoo.core.train import Task, TrainState
 from zoo.data.batching import shuffled_batches
 from zoo.vae import losses, nvae
-from zoo.vae.task import check_config as _check_data_config
-from zoo.vae.task import load_data, model_input, to_uint8
+from zoo.vae.task import BINARIZE, load_data, model_input, to_uint8
 
 
 def make_model(config, image_shape=(28, 28, 1), train: bool = True) -> nvae.NVAE:
@@ -60,12 +62,28 @@ def make_optimizer(config) -> optax.GradientTransformation:
     warmup = min(int(o.warmup_steps), max(n - 1, 0))
     schedule = optax.warmup_cosine_decay_schedule(0.0, o.learning_rate, warmup, max(n, warmup + 1), o.end_learning_rate)
     parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
-    return optax.chain(*parts, optax.adamax(schedule))
+    parts += [optax.add_decayed_weights(o.weight_decay)] if o.weight_decay > 0 else []
+    return optax.chain(*parts, optax.adamax(schedule, eps=1e-3))
 
 
 def check_config(config) -> None:
-    _check_data_config(config)
-    lo = config.loss
+    d, m, lo, e = config.data, config.model, config.loss, config.eval
+    if d.binarize not in BINARIZE:
+        raise _error("nvae task", "config.data.binarize", f"one of {BINARIZE}", repr(d.binarize))
+    want = "gaussian" if d.binarize == "none" else "bernoulli"
+    if m.likelihood != want:
+        raise _error("nvae task", "config.model.likelihood",
+                     f"{want!r} with data.binarize={d.binarize!r} (binarised pixels take a Bernoulli decoder, "
+                     "dequantised ones a Gaussian density)", repr(m.likelihood))  # fmt: skip
+    if not 0.0 <= m.bn_momentum < 1.0:
+        raise _error("nvae task", "config.model.bn_momentum", "a value in [0, 1) (flax convention)", m.bn_momentum)
+    if lo.power_iters < 1:
+        raise _error("nvae task", "config.loss.power_iters", "an integer >= 1", lo.power_iters)
+    if e.readjust_bn_batches < 0:
+        raise _error("nvae task", "config.eval.readjust_bn_batches", "an integer >= 0", e.readjust_bn_batches)
+    if any(float(t) <= 0 for t in e.temperatures) or any(int(k) < 1 for k in e.iwae_k):
+        raise _error("nvae task", "config.eval.temperatures / iwae_k", "temperatures > 0 and integers k >= 1",
+                     (tuple(e.temperatures), tuple(e.iwae_k)))  # fmt: skip
     if not 0.0 < lo.kl_min <= 1.0:
         raise _error("nvae task", "config.loss.kl_min", "a value in (0, 1]", lo.kl_min)
     if not 0.0 <= lo.kl_warmup_fraction <= 1.0:
@@ -177,7 +195,8 @@ def readjust_batch_stats(model: nvae.NVAE, variables, key, temperature: float, n
         raise _error("readjust_batch_stats", "num_batches", "an integer >= 1", num_batches)
     fn = _jitted_bn_pass(model, int(batch_size))
     stats = [fn(variables, jax.random.fold_in(key, i), jnp.float32(temperature)) for i in range(num_batches)]
-    return jax.tree.map(lambda *s: sum(s) / len(s), *stats)
+    # s0 + mean of the differences: statistics no pass changed (the encoder's) come back bit for bit
+    return jax.tree.map(lambda s0, *s: s0 + sum(x - s0 for x in s) / (len(s) + 1), *stats)
 
 
 @functools.lru_cache(maxsize=16)
@@ -215,7 +234,8 @@ def get_task(config: ml_collections.ConfigDict, workdir: Path | None) -> Task:
 
     def init_model_state(key):
         v = pending.pop("variables", None) or init_all(key)
-        return {"batch_stats": v["batch_stats"], "power": nvae.init_power_vectors(v["params"], jax.random.fold_in(key, 7))}
+        power = nvae.init_power_vectors(v["params"], jax.random.fold_in(key, 7), 10 * config.loss.power_iters)
+        return {"batch_stats": v["batch_stats"], "power": power}
 
     def train_batches(start_step):
         for _, idx in shuffled_batches(len(train_images), d.batch_size, config.seed, start_step):
