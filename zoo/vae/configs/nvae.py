@@ -3,8 +3,11 @@ groups of 8 channels at each, 16 channels at full size doubling per scale, one c
 group, one pre- and one post-processing cell, expansion 3 in the generative cells.
 Fashion-MNIST (60k/10k; ``bash scripts/get_data.sh fashion_mnist``), dequantised pixels,
 Gaussian decoder (mean and log-scale per pixel), as the ``vae:fashion`` config it is
-compared with. 1,500 steps (1.6 epochs; about 1.1 s a step on the 2-core CPU). Adamax 1e-2
-(eps 1e-3, weight decay 3e-4) with warm-up and cosine decay to 1e-4 (NVlabs), batch 64;
+compared with. 1,500 steps (1.6 epochs; about 1.1 s a step on the 2-core CPU), batch 64.
+Adamax (eps 1e-3, weight decay 3e-4) with a 100-step warm-up to 2e-3 and cosine decay to 1e-4:
+NVlabs's optimiser, but not its 1e-2 peak, which is tuned for batch 200 (NVlabs/NVAE#2 on small
+batches). Here, at batch 64, 1e-2 drove the training −ELBO from −414 up to +838 nats between
+steps 200 and 300.
 KL warm-up over the first 30% of steps with KL balancing; spectral and BatchNorm-scale
 regularisers with weight annealed from 1 to 1e-2, 4 power iterations a step (NVlabs's CIFAR-10
 settings).
@@ -39,7 +42,7 @@ def get_config(arg: str = ""):
     )  # fmt: skip
     c.loss = dict(kl_min=1e-4, kl_warmup_fraction=0.3, kl_balance=True, norm_weight=1e-2, norm_weight_init=1.0,
                   power_iters=4)  # fmt: skip
-    c.optim = dict(learning_rate=1e-2, end_learning_rate=1e-4, warmup_steps=100, weight_decay=3e-4, grad_clip=200.0)
+    c.optim = dict(learning_rate=2e-3, end_learning_rate=1e-4, warmup_steps=100, weight_decay=3e-4, grad_clip=200.0)
     c.eval = dict(iwae_k=(5,), noise_seed=1, num_samples=64, num_reconstructions=32, temperatures=(1.0, 0.7),
                   readjust_bn_batches=20)  # fmt: skip
     c.train = train_defaults(num_steps=1500, log_every=50, ckpt_every=500)
