@@ -458,9 +458,11 @@ def spectral_regulariser(params, power_vectors, num_iters: int = 1):
         u = power_vectors[name]
         wd = jax.lax.stop_gradient(w)
         v0 = jnp.full((w.shape[1],), 1.0 / math.sqrt(w.shape[1]), w.dtype)
-        for _ in range(num_iters):
-            v = _normalize(wd.T @ u, v0)
-            u = _normalize(wd @ v, u)
+
+        def step(_, u, wd=wd, v0=v0):
+            return _normalize(wd @ _normalize(wd.T @ u, v0), u)
+
+        u = jax.lax.fori_loop(0, num_iters, step, u)  # a loop, not num_iters copies, in the compiled graph
         v = _normalize(wd.T @ u, v0)
         total = total + u @ w @ v
         new[name] = u

@@ -234,7 +234,8 @@ def get_task(config: ml_collections.ConfigDict, workdir: Path | None) -> Task:
 
     def init_model_state(key):
         v = pending.pop("variables", None) or init_all(key)
-        power = nvae.init_power_vectors(v["params"], jax.random.fold_in(key, 7), 10 * config.loss.power_iters)
+        burn_in = functools.partial(nvae.init_power_vectors, num_iters=10 * config.loss.power_iters)
+        power = jax.jit(burn_in)(v["params"], jax.random.fold_in(key, 7))
         return {"batch_stats": v["batch_stats"], "power": power}
 
     def train_batches(start_step):

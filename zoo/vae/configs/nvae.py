@@ -55,6 +55,7 @@ def get_config(arg: str = ""):
         c.data.update(name="mnist_5k", batch_size=8, eval_batch_size=25, train_limit=200, test_limit=50)
         c.model.update(channels=4, latent_channels=2, groups_per_scale=(1, 1), pre_cells=0, post_cells=0, expand=2)
         c.optim.update(learning_rate=1e-3, warmup_steps=2)
+        c.loss.power_iters = 1
         c.eval.update(iwae_k=(3,), num_samples=16, num_reconstructions=16, temperatures=(1.0,), readjust_bn_batches=2)
         c.train.update(num_steps=4, log_every=2, ckpt_every=2)
     return c
