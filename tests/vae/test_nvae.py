@@ -160,7 +160,7 @@ def test_eval_mode_is_batch_independent():
 def test_smoke_task_updates_and_evaluates(tmp_path):
     c = nvae_configs.get_config("smoke")
     c.data.test_limit = 25
-    c.eval.update(num_samples=8, num_reconstructions=8)
+    c.eval.update(num_samples=4, num_reconstructions=4)
     t = nvae_task.get_task(c, tmp_path)
     key = jax.random.key(0)
     params = t.init(key)
