@@ -24,8 +24,8 @@ Architecture (``C`` = ``channels``, ``S`` = ``len(groups_per_scale)`` latent sca
   combiner ``h ← conv1×1([h, z])``; an upsampling generative cell between scales
   and one back to full size; ``post_cells`` generative cells; ``ELU → conv3×3`` to the
   output (Bernoulli logits, or a Gaussian mean and log-scale per pixel). The prior,
-  posterior and output heads start at zero, so training starts from ``q = p = N(0, I)``
-  and a unit-variance (or fair-coin) decoder.
+  posterior and output heads start at zero, so training starts from ``q = p`` (every group
+  ``Normal(0, 0)``: mean 0, σ = 1.01) and a unit-variance (or fair-coin) decoder.
 * encoder cell (paper fig. 3b): ``BN → Swish → conv3×3 → BN → Swish → conv3×3 → SE``;
   generative cell (fig. 3a): ``BN → conv1×1 (×expand) → BN → Swish → depthwise 5×5 → BN →
   Swish → conv1×1 → BN → SE``. Both are residual with the branch scaled by 0.1 (NVlabs's
