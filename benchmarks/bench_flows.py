@@ -296,10 +296,7 @@ def _parser():
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    parts = [s for s in args.parts.split(",") if s]
-    unknown = sorted(set(parts) - set(PARTS))
-    if unknown:
-        raise SystemExit(f"error: --parts: unknown {unknown}; valid: {','.join(PARTS)}")
+    parts = harness.parse_subset("--parts", args.parts, PARTS)
     args.image_shape = (28, 28, 1)
     args.channels, args.depths = CHANNELS, DEPTHS
     if args.quick:

@@ -252,10 +252,7 @@ def _parser():
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    parts = [s for s in args.parts.split(",") if s]
-    unknown = sorted(set(parts) - set(PARTS))
-    if unknown:
-        raise SystemExit(f"error: --parts: unknown {unknown}; valid: {','.join(PARTS)}")
+    parts = harness.parse_subset("--parts", args.parts, PARTS)
     args.peer_batches = [int(b) for b in args.peer_batches.split(",") if b]
     if args.quick:
         args.batch, args.repeats, args.warmup, args.peer_batches = 8, 2, 1, [8]

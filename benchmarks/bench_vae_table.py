@@ -138,12 +138,8 @@ def _parser():
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    models = [m for m in args.models.split(",") if m]
-    datasets = [d for d in args.datasets.split(",") if d]
-    for flag, got, valid in (("--models", models, MODELS), ("--datasets", datasets, DATASETS)):
-        unknown = sorted(set(got) - set(valid))
-        if unknown:
-            raise SystemExit(f"error: {flag}: unknown {unknown}; valid: {','.join(valid)}")
+    models = harness.parse_subset("--models", args.models, MODELS)
+    datasets = harness.parse_subset("--datasets", args.datasets, DATASETS)
     out_dir = args.out or (pathlib.Path(tempfile.mkdtemp(prefix="vae-table-")) if args.quick else RESULTS_DIR)
     args.out_grids = out_dir / "grids" if args.quick else DOCS_DIR
     env = harness.environment()

@@ -252,6 +252,15 @@ def torch_peer(module: str) -> tuple[bool, int | None]:
         return False, None
 
 
+def parse_subset(flag: str, text: str, valid: Sequence[str]) -> list[str]:
+    """``"a,b"`` -> ``["a", "b"]``; exits with an error naming ``flag`` on a name not in ``valid``."""
+    chosen = [s for s in text.split(",") if s]
+    unknown = sorted(set(chosen) - set(valid))
+    if unknown:
+        raise SystemExit(f"error: {flag}: unknown {unknown}; valid: {','.join(valid)}")
+    return chosen
+
+
 def timing_notes(records: Sequence[dict]) -> list[str]:
     """A warning naming the rows timed while other processes kept > 0.2 cores busy."""
     busy = [f"{r['task']} {r['impl']}" for r in records if (r.get("other_cpu_cores") or 0) > 0.2]

@@ -44,7 +44,8 @@ from zoo.core.images import save_grid
 from zoo.core.train import Task, TrainState
 from zoo.data.batching import shuffled_batches
 from zoo.vae import losses, nvae
-from zoo.vae.task import BINARIZE, load_data, model_input, to_uint8
+from zoo.vae.task import (check_data_and_likelihood, load_data, model_input, padded_batch_means,
+                          save_reconstruction_grid, to_uint8)  # fmt: skip
 
 
 def make_model(config, image_shape=(28, 28, 1), train: bool = True) -> nvae.NVAE:
@@ -67,14 +68,8 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 
 def check_config(config) -> None:
-    d, m, lo, e = config.data, config.model, config.loss, config.eval
-    if d.binarize not in BINARIZE:
-        raise _error("nvae task", "config.data.binarize", f"one of {BINARIZE}", repr(d.binarize))
-    want = "gaussian" if d.binarize == "none" else "bernoulli"
-    if m.likelihood != want:
-        raise _error("nvae task", "config.model.likelihood",
-                     f"{want!r} with data.binarize={d.binarize!r} (binarised pixels take a Bernoulli decoder, "
-                     "dequantised ones a Gaussian density)", repr(m.likelihood))  # fmt: skip
+    check_data_and_likelihood(config, "nvae task")
+    m, lo, e = config.model, config.loss, config.eval
     if not 0.0 <= m.bn_momentum < 1.0:
         raise _error("nvae task", "config.model.bn_momentum", "a value in [0, 1) (flax convention)", m.bn_momentum)
     if lo.power_iters < 1:
@@ -163,15 +158,8 @@ def _jitted_eval(model: nvae.NVAE, binarize: str, ks: tuple[int, ...]):
 def test_nats(model, variables, images, binarize, ks, batch_size, seed) -> np.ndarray:
     """Per-image means ``[−ELBO, −L_k for k in ks]`` (nats) over ``images`` in fixed-size
     (padded) batches; ``model`` in eval mode (``train=False``)."""
-    ks = tuple(int(k) for k in ks)
-    fn, total, key = _jitted_eval(model, binarize, ks), np.zeros(1 + len(ks)), jax.random.key(seed)
-    for i in range(0, len(images), batch_size):
-        chunk = images[i : i + batch_size]
-        n = len(chunk)
-        if n < batch_size:
-            chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]), chunk.dtype)])
-        total += np.asarray(jnp.sum(fn(variables, chunk, jax.random.fold_in(key, i))[:, :n], axis=1), np.float64)
-    return total / len(images)
+    fn = _jitted_eval(model, binarize, tuple(int(k) for k in ks))
+    return padded_batch_means(lambda x, key: fn(variables, x, key), (images,), batch_size, seed)
 
 
 @functools.lru_cache(maxsize=16)
@@ -261,11 +249,8 @@ def get_task(config: ml_collections.ConfigDict, workdir: Path | None) -> Task:
                 samples = _jitted_sample(eval_model, e.num_samples)(v, jax.random.fold_in(key, 2), jnp.float32(t))
                 save_grid(to_uint8(samples), Path(workdir) / f"samples_t{t:g}.png", columns=8)
             x = model_input(test_images[: e.num_reconstructions], key, "fixed" if d.binarize != "none" else "none")
-            recon = np.asarray(_jitted_reconstruct(eval_model)(variables, x, jax.random.fold_in(key, 3)))
-            rows = []
-            for i in range(0, len(x), 8):
-                rows += [np.asarray(x[i : i + 8]), recon[i : i + 8]]
-            save_grid(to_uint8(np.concatenate(rows)), Path(workdir) / "reconstructions.png", columns=8)
+            recon = _jitted_reconstruct(eval_model)(variables, x, jax.random.fold_in(key, 3))
+            save_reconstruction_grid(x, recon, Path(workdir) / "reconstructions.png")
         return out
 
     return Task(

@@ -73,15 +73,20 @@ def make_optimizer(config) -> optax.GradientTransformation:
     return optax.chain(*parts, opt[o.name](o.learning_rate))
 
 
-def check_config(config) -> None:
+def check_data_and_likelihood(config, fn: str = "vae task") -> None:
+    """``data.binarize`` is known and ``model.likelihood`` fits it (also the NVAE task's check)."""
     d, m = config.data, config.model
     if d.binarize not in BINARIZE:
-        raise _error("vae task", "config.data.binarize", f"one of {BINARIZE}", repr(d.binarize))
+        raise _error(fn, "config.data.binarize", f"one of {BINARIZE}", repr(d.binarize))
     want = "gaussian" if d.binarize == "none" else "bernoulli"
     if m.likelihood != want:
-        raise _error("vae task", "config.model.likelihood",
+        raise _error(fn, "config.model.likelihood",
                      f"{want!r} with data.binarize={d.binarize!r} (binarised pixels take a Bernoulli decoder, "
                      "dequantised ones a Gaussian density)", repr(m.likelihood))  # fmt: skip
+
+
+def check_config(config) -> None:
+    check_data_and_likelihood(config)
     if config.loss.iwae_k < 1:
         raise _error("vae task", "config.loss.iwae_k", "an integer >= 1", config.loss.iwae_k)
     if any(int(k) < 1 for k in config.eval.iwae_k):
@@ -130,19 +135,25 @@ def _jitted_eval(model, binarize, ks):
     return jax.jit(fn)
 
 
+def padded_batch_means(fn, arrays, batch_size: int, seed: int) -> np.ndarray:
+    """Per-example means of ``fn(*chunks, key) -> [R, B]`` over equal-length ``arrays``, in
+    fixed-size batches (the last padded with zeros, so one shape is compiled; padded columns
+    are dropped), batch starting at ``i`` with key ``fold_in(key(seed), i)``. Returns ``[R]``."""
+    total, key, count = 0.0, jax.random.key(seed), len(arrays[0])
+    for i in range(0, count, batch_size):
+        chunks = [a[i : i + batch_size] for a in arrays]
+        n = len(chunks[0])
+        if n < batch_size:
+            chunks = [np.concatenate([c, np.zeros((batch_size - n, *c.shape[1:]), c.dtype)]) for c in chunks]
+        total = total + np.asarray(jnp.sum(fn(*chunks, jax.random.fold_in(key, i))[:, :n], axis=1), np.float64)
+    return total / count
+
+
 def test_nats(model, params, images, labels, binarize, ks, batch_size, seed) -> np.ndarray:
-    """Per-image means over ``images``: ``[−ELBO, −L_k for k in ks]`` (nats), in fixed-size
-    batches (padded, so one shape is compiled), batch ``i`` with key ``fold_in(seed, i)``."""
-    ks = tuple(int(k) for k in ks)
-    fn, total, key = _jitted_eval(model, binarize, ks), np.zeros(1 + len(ks)), jax.random.key(seed)
-    for i in range(0, len(images), batch_size):
-        chunk, lab = images[i : i + batch_size], labels[i : i + batch_size]
-        n = len(chunk)
-        if n < batch_size:  # pad so only one shape is compiled
-            chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]), chunk.dtype)])
-            lab = np.concatenate([lab, np.zeros((batch_size - n,), lab.dtype)])
-        total += np.asarray(jnp.sum(fn(params, chunk, lab, jax.random.fold_in(key, i))[:, :n], axis=1), np.float64)
-    return total / len(images)
+    """Per-image means over ``images``: ``[−ELBO, −L_k for k in ks]`` (nats), via
+    :func:`padded_batch_means`."""
+    fn = _jitted_eval(model, binarize, tuple(int(k) for k in ks))
+    return padded_batch_means(lambda x, y, key: fn(params, x, y, key), (images, labels), batch_size, seed)
 
 
 @functools.lru_cache(maxsize=16)
@@ -174,13 +185,16 @@ def save_images(model, params, test_x, test_labels, workdir: Path, num_samples: 
     samples, recon = _jitted_images(model, num_samples)(params, jax.random.key(seed), labels, test_x[:num_recon],
                                                         test_labels[:num_recon])  # fmt: skip
     save_grid(to_uint8(samples), Path(workdir) / "samples.png", columns=columns)
-    recon = np.asarray(recon)
-    x = test_x[:num_recon]
-    x = np.asarray(x)
+    save_reconstruction_grid(test_x[:num_recon], recon, Path(workdir) / "reconstructions.png")
+
+
+def save_reconstruction_grid(x, recon, path: Path, columns: int = 8):
+    """Rows of ``columns`` images in [0, 1], each followed by the row of their reconstructions."""
+    x, recon = np.asarray(x), np.asarray(recon)
     rows = []
-    for i in range(0, len(x), 8):  # originals row, then their reconstructions row
-        rows += [x[i : i + 8], recon[i : i + 8]]
-    save_grid(to_uint8(np.concatenate(rows)), Path(workdir) / "reconstructions.png", columns=8)
+    for i in range(0, len(x), columns):
+        rows += [x[i : i + columns], recon[i : i + columns]]
+    save_grid(to_uint8(np.concatenate(rows)), path, columns=columns)
 
 
 def load_split(config, split):
