@@ -10,14 +10,18 @@ Parts (``--parts``, default ``step,peer``):
 * ``peer``: the same DCGAN, non-saturating loss, alternating 1:1, Adam(2e-4, β₁ 0.5), as
   images/s against ``benchmarks/peers/gan_torch.py`` (PyTorch eager, same architecture
   and parameter count) in the same process, at each of ``--peer-batches`` (16 and 64).
+* ``inception`` (not in the default set; needs the peers): Inception feature extraction,
+  ``zoo.gan.inception`` against pytorch-fid's own network (PyTorch eager, ``torch.no_grad``)
+  on the same random weights and the same 28×28 images resized to 299: images/s at
+  ``--inception-batch``, and the largest pool-feature difference between the two.
 * ``table`` (long; not in the default set): ``zoo train dcgan`` for ``--train-steps`` steps
   per loss in ``--losses`` × {alternating, single}, then classifier FID
   (:mod:`zoo.gan.evaluation`) of the raw and the EMA generator on ``--fid-samples``
   samples, plus the real-data floor; the EMA generator's sample grids go to ``docs/gan/table/``.
 
 Run: ``python -m benchmarks.run gan [--parts step,peer,table] [--quick] [--out DIR]``.
-Writes ``benchmarks/results/gan-<platform>.{jsonl,md}``; ``--parts table`` alone writes
-``gan-table-<platform>.*``.
+Writes ``benchmarks/results/gan-<platform>.{jsonl,md}``; ``--parts table`` or ``--parts
+inception`` alone writes ``gan-table-<platform>.*`` / ``gan-inception-<platform>.*``.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from benchmarks import harness
 
 RESULTS_DIR = pathlib.Path(__file__).parent / "results"
 DOCS_DIR = pathlib.Path(__file__).parent.parent / "docs" / "gan" / "table"
-PARTS = ("step", "peer", "table")
+PARTS = ("step", "peer", "inception", "table")
 DEFAULT_PARTS = ("step", "peer")
 TABLE_LOSSES = (
     "gan", "gan_saturating", "hinge", "lsgan", "wgan", "f_kl", "f_reverse_kl", "f_pearson", "f_neyman",
@@ -167,6 +171,58 @@ def bench_peer(args, torch_ok: bool) -> list[dict]:
     return records
 
 
+def bench_inception(args, torch_ok: bool) -> list[dict]:
+    """Pool features of ``--inception-batch`` images per call: zoo (jitted, XLA) vs pytorch-fid."""
+    from zoo.gan import inception
+
+    if not torch_ok or args.quick:
+        print("inception: needs torch and pytorch-fid (bash scripts/setup.sh peers); skipped", flush=True)
+        return []
+    import torch
+
+    from benchmarks.peers.fid_inception_torch import make_pytorch_fid_inception
+
+    try:
+        model, _, state_dict = make_pytorch_fid_inception(seed=0)
+    except ImportError as err:
+        print(f"inception: pytorch-fid unavailable ({err}); skipped (bash scripts/setup.sh peers)", flush=True)
+        return []
+    variables = inception.variables_from_state_dict({k: v.numpy() for k, v in state_dict.items()})
+    batch = args.inception_batch
+    images = np.random.default_rng(0).uniform(-1, 1, (batch, 28, 28, 1)).astype(np.float32)
+    unit = np.round((images + 1) * 127.5) / 255.0
+    x = torch.tensor(np.repeat(unit, 3, axis=-1).transpose(0, 3, 1, 2).copy())
+    apply = inception._jitted_outputs(inception.INPUT_SIDE)
+    t0 = time.perf_counter()
+    compiled = apply.lower(variables, images).compile()
+    compile_ms = (time.perf_counter() - t0) * 1e3
+    with harness.OtherCpuLoad() as load:
+        zoo = harness.time_callable(lambda: jax.block_until_ready(compiled(variables, images)),
+                                    warmup=1, repeats=args.inception_repeats)  # fmt: skip
+    zoo_cores = load.cores
+
+    def torch_call():
+        with torch.no_grad():
+            return model(x)[0]
+
+    with harness.OtherCpuLoad() as load:
+        peer = harness.time_callable(torch_call, warmup=1, repeats=args.inception_repeats)
+    pool_zoo = np.asarray(zoo.pop("output")[0])
+    pool_peer = peer.pop("output").flatten(1).numpy()
+    diff = float(np.abs(pool_zoo - pool_peer).max() / np.abs(pool_peer).max())
+    task = f"FID Inception v3 pool features, 28x28 grey -> 299, batch {batch}"
+    rows = [{"section": "inception", "task": task, "impl": "zoo-jax", "batch": batch, **zoo, "compile_ms": compile_ms,
+             "other_cpu_cores": zoo_cores},
+            {"section": "inception", "task": task, "impl": "pytorch-fid (torch eager)", "batch": batch, **peer,
+             "other_cpu_cores": load.cores}]  # fmt: skip
+    for rec in rows:
+        rec.update(images_per_s=batch / (rec["median_ms"] / 1e3), speedup_vs_peer=rows[1]["median_ms"] / rec["median_ms"],
+                   max_rel_diff=diff, check_ok=diff < 1e-5)  # fmt: skip
+    print("inception: " + "; ".join(f"{r['impl']} {r['images_per_s']:.1f} images/s" for r in rows) + f"; diff {diff:.2e}",
+          flush=True)  # fmt: skip
+    return rows
+
+
 def bench_table(args) -> list[dict]:
     from zoo.core.train import train_and_evaluate
     from zoo.gan import evaluation
@@ -225,6 +281,10 @@ def markdown(env: dict, command: str, records: list[dict], notes: list[str], arg
             "task", "impl", "batch", "median_ms", "p90_ms", ("images_per_s", "images/s"),
             ("speedup_vs_peer", "speed-up vs peer"), ("gflop", "GFLOP"), ("gflop_per_s", "GFLOP/s"), "num_params", "check_ok",
             ("other_cpu_cores", "other cores")]),
+        "inception": ("Inception feature extraction vs pytorch-fid (same random weights)", [
+            "task", "impl", "batch", "median_ms", "p90_ms", "compile_ms", ("images_per_s", "images/s"),
+            ("speedup_vs_peer", "speed-up vs peer"), ("max_rel_diff", "max |Δ pool| / max |pool|"), "check_ok",
+            ("other_cpu_cores", "other cores")]),
         "table": (f"Loss x update: {fid_name} after {args.train_steps} steps ({args.fid_samples} samples)", [
             "loss", "update", ("fid_classifier", "FID"), ("fid_classifier_ema", "FID (EMA G)"),
             ("classifier_score", "score"), ("classifier_score_ema", "score (EMA G)"), ("ms_per_step", "ms/step"), "check_ok"]),
@@ -242,6 +302,8 @@ def _parser():
     p.add_argument("--peer-batches", default="16,64", help="batch sizes of the peer part")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--inception-batch", type=int, default=50)
+    p.add_argument("--inception-repeats", type=int, default=5)
     p.add_argument("--losses", default=",".join(TABLE_LOSSES), help="the table part's losses")
     p.add_argument("--train-steps", type=int, default=1000)
     p.add_argument("--fid-samples", type=int, default=5000)
@@ -268,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         records += bench_step(args)
     if "peer" in parts:
         records += bench_peer(args, torch_ok)
+    if "inception" in parts:
+        records += bench_inception(args, torch_ok)
     if "table" in parts:
         records += bench_table(args)
     records = [{"record": "result", "suite": "gan", **r} for r in records]
@@ -277,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = [f"{r.get('task', r.get('loss'))} {r.get('impl', r.get('update'))}" for r in records if not r["check_ok"]]
     if failed:
         notes.append("CHECK FAILED (non-finite loss or metric): " + "; ".join(failed))
-    stem = out_dir / (f"gan-{env['platform']}" if parts != ["table"] else f"gan-table-{env['platform']}")
+    alone = parts[0] if len(parts) == 1 and parts[0] in ("table", "inception") else None
+    stem = out_dir / (f"gan-{alone}-{env['platform']}" if alone else f"gan-{env['platform']}")
     print("\n".join(notes))
     harness.write_results(stem, env, command, records, markdown(env, command, records, notes, args))
     return 1 if failed and parts != ["table"] else 0

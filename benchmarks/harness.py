@@ -30,7 +30,7 @@ __all__ = ["summarize", "time_jax", "time_callable", "OtherCpuLoad", "environmen
            "torch_peer", "timing_notes", "write_results"]
 
 # Distributions whose versions matter to a result; absent ones are reported as None.
-_VERSIONED = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "pytorch-crf", "torch-struct")
+_VERSIONED = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "pytorch-crf", "torch-struct", "torchvision", "pytorch-fid")
 
 
 def summarize(samples_s: Sequence[float]) -> dict:

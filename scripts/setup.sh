@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv and installs the zoo with its test tools and offline data packages.
 #   bash scripts/setup.sh          # zoo + dev tools + data packages
-#   bash scripts/setup.sh peers    # also torch 2.13.0 (CPU) + pytorch-crf + torch-struct + normflows, for benchmarks
+#   bash scripts/setup.sh peers    # also torch 2.13.0 (CPU) + pytorch-crf + torch-struct + normflows + pythae + pytorch-fid, for benchmarks
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

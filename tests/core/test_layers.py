@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from zoo.core.layers import Conv, ConvTranspose, col2im_conv_transpose, native_conv_transpose, shift_add_conv
+from zoo.core.layers import Conv, ConvTranspose, col2im_conv_transpose, im2col_conv, native_conv_transpose, shift_add_conv
 
 
 def native(x, kernel, padding="VALID"):
@@ -25,6 +25,16 @@ def test_shift_add_conv_equals_native_conv(rng, k, h, w, c, f):
     g_got = jax.grad(lambda a, b: jnp.sum(shift_add_conv(a, b) * probe), argnums=(0, 1))(x, kernel)
     for a, b in zip(g_got, g_want):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("kh,kw,stride", [(1, 7, 1), (7, 1, 1), (3, 1, 2), (1, 1, 2), (3, 3, 2)])
+def test_im2col_and_shift_add_equal_native_conv_for_rectangular_kernels_and_strides(rng, kh, kw, stride):
+    x = rng.normal(size=(2, 9, 10, 4)).astype(np.float32)
+    kernel = rng.normal(size=(kh, kw, 4, 3)).astype(np.float32)
+    want = lax.conv_general_dilated(x, kernel, (stride,) * 2, "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(im2col_conv(x, kernel, stride), want, rtol=1e-5, atol=1e-4)
+    if stride == 1:
+        np.testing.assert_allclose(shift_add_conv(x, kernel), want, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("c,f", [(2, 8), (8, 2)])  # both CPU paths: im2col (f > c) and shift-add (f < c)

@@ -24,45 +24,48 @@ def im2col_conv(x, kernel, stride: int):
 
     Args:
       x: ``[B, H, W, C]``.
-      kernel: ``[k, k, C, F]``.
+      kernel: ``[kh, kw, C, F]`` (square in most uses; Inception's 1×7 and 7×1 are not).
       stride: s >= 1.
     Returns:
-      ``[B, (H - k)//s + 1, (W - k)//s + 1, F]``.
+      ``[B, (H - kh)//s + 1, (W - kw)//s + 1, F]``.
     """
     b, h, w, c = x.shape
-    k = kernel.shape[0]
-    ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
+    kh, kw = kernel.shape[:2]
+    ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
+    if kh == kw == 1:  # a 1×1 convolution is a matmul over (strided) pixels
+        x = x[:, : stride * (ho - 1) + 1 : stride, : stride * (wo - 1) + 1 : stride]
+        return (x.reshape(-1, c) @ kernel.reshape(c, -1)).reshape(b, ho, wo, -1)
     columns = [
         x[:, dy : dy + stride * (ho - 1) + 1 : stride, dx : dx + stride * (wo - 1) + 1 : stride]
-        for dy in range(k)
-        for dx in range(k)
+        for dy in range(kh)
+        for dx in range(kw)
     ]
-    patches = jnp.stack(columns, axis=3).reshape(b * ho * wo, k * k * c)  # (dy, dx, c) order = HWIO
-    return (patches @ kernel.reshape(k * k * c, -1)).reshape(b, ho, wo, -1)
+    patches = jnp.stack(columns, axis=3).reshape(b * ho * wo, kh * kw * c)  # (dy, dx, c) order = HWIO
+    return (patches @ kernel.reshape(kh * kw * c, -1)).reshape(b, ho, wo, -1)
 
 
 def shift_add_conv(x, kernel):
-    """A stride-1 'VALID' convolution as one matmul to ``k²·F`` channels, then a sum of
-    ``k²`` shifted slices. Cheaper than :func:`im2col_conv` when ``F < C`` (Glow's zero-init
-    output convs: 512 → a few channels): the intermediate is ``B·H·W·k²·F`` floats instead
-    of ``B·H'·W'·k²·C``.
+    """A stride-1 'VALID' convolution as one matmul to ``kh·kw·F`` channels, then a sum of
+    ``kh·kw`` shifted slices. Cheaper than :func:`im2col_conv` when ``F < C`` (Glow's zero-init
+    output convs: 512 → a few channels): the intermediate is ``B·H·W·kh·kw·F`` floats instead
+    of ``B·H'·W'·kh·kw·C``.
 
     Args:
-      x: ``[B, H, W, C]``; kernel: ``[k, k, C, F]``.
+      x: ``[B, H, W, C]``; kernel: ``[kh, kw, C, F]``.
     Returns:
-      ``[B, H − k + 1, W − k + 1, F]``.
+      ``[B, H − kh + 1, W − kw + 1, F]``.
     """
     b, h, w, c = x.shape
-    k, f = kernel.shape[0], kernel.shape[-1]
-    ho, wo = h - k + 1, w - k + 1
-    z = (x.reshape(-1, c) @ kernel.transpose(2, 0, 1, 3).reshape(c, k * k * f)).reshape(b, h, w, k, k, f)
-    return sum(z[:, dy : dy + ho, dx : dx + wo, dy, dx] for dy in range(k) for dx in range(k))
+    kh, kw, f = kernel.shape[0], kernel.shape[1], kernel.shape[-1]
+    ho, wo = h - kh + 1, w - kw + 1
+    z = (x.reshape(-1, c) @ kernel.transpose(2, 0, 1, 3).reshape(c, kh * kw * f)).reshape(b, h, w, kh, kw, f)
+    return sum(z[:, dy : dy + ho, dx : dx + wo, dy, dx] for dy in range(kh) for dx in range(kw))
 
 
 def cpu_conv(x, kernel, stride: int):
     """The cheaper of :func:`im2col_conv` and :func:`shift_add_conv` for this shape."""
-    k, c, f = kernel.shape[0], kernel.shape[2], kernel.shape[3]
-    if stride == 1 and k > 1 and f < c:
+    kh, kw, c, f = kernel.shape
+    if stride == 1 and kh * kw > 1 and f < c:
         return shift_add_conv(x, kernel)
     return im2col_conv(x, kernel, stride)
 

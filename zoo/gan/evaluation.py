@@ -524,6 +524,8 @@ def metric_names(dataset: str) -> dict[str, str]:
         "fid_classifier": f"FID ({title} classifier)",
         "classifier_score": f"classifier score ({title} classifier)",
         "real_data_fid": f"FID of real train images ({title} classifier)",
+        "fid_inception": "FID (Inception v3, pytorch-fid weights)",
+        "inception_score": "Inception score (Inception v3, pytorch-fid weights)",
     }
 
 

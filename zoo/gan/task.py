@@ -4,7 +4,9 @@ evaluation (sample grids, classifier FID of the raw and the EMA generator).
 Evaluation draws ``eval.num_samples`` images from fixed noise and scores them against the
 test split with :mod:`zoo.gan.evaluation` (a classifier trained in the zoo on the same data
 set, cached after its first use): ``fid_classifier`` / ``classifier_score`` for the raw
-generator, ``*_ema`` for its weight EMA. A generator with BatchNorm samples with batch
+generator, ``*_ema`` for its weight EMA. With ``eval.inception_weights`` (pytorch-fid's
+weights file) the real Inception FID and Inception score are added: ``fid_inception``,
+``inception_score`` (see :mod:`zoo.gan.inception`). A generator with BatchNorm samples with batch
 statistics (train mode, the statistics discarded): its running averages belong to the raw
 weights, not to the EMA. Grids ``samples.png`` and ``samples_ema.png`` go to the run dir.
 """
@@ -22,7 +24,7 @@ import numpy as np
 from zoo.core.train import Task
 from zoo.data.batching import shuffled_batches
 from zoo.data.images import load_images
-from zoo.gan import evaluation
+from zoo.gan import evaluation, inception
 from zoo.gan.models import make_encoder, make_models
 from zoo.gan.train import init_variables, make_optimizer, make_players, make_spec, make_update
 
@@ -134,6 +136,13 @@ def get_task(config: ml_collections.ConfigDict, workdir: Path | None) -> Task:
     def task_update(state, batch, key):
         return update(state, {"images": to_model_range(batch["images"], m.pixel_range)}, key)
 
+    @functools.cache
+    def inception_reference():
+        e = config.eval
+        return inception.get_inception_reference(
+            e.inception_weights, d.name, d.data_dir or None, test_limit=e.reference_test_limit, side=e.inception_side
+        )
+
     def evaluate(variables_):
         e = config.eval
         params, model_state = variables_["params"], variables_["model_state"]
@@ -151,6 +160,8 @@ def get_task(config: ml_collections.ConfigDict, workdir: Path | None) -> Task:
             if m.image_size != native_side:  # the reference classifier sees the data set's own size
                 samples = np.asarray(to_model_range(resize_uint8(evaluation.to_uint8(samples), native_side)))
             scores = evaluation.evaluate_samples(reference, samples, e.batch_size)
+            if e.inception_weights:
+                scores.update(inception.inception_fid(inception_reference(), samples, e.inception_batch_size, e.inception_side))
             metrics.update({f"{k}{suffix}": v for k, v in scores.items()})
         return metrics
 

@@ -26,8 +26,11 @@ def base_config() -> ml_collections.ConfigDict:
     )  # fmt: skip
     c.optim = dict(g=adam(), d=adam())
     # reference_*: the evaluation classifier's steps (0 = zoo.gan.evaluation's default) and data (0 = whole split)
+    # inception_weights: a weights file for the real Inception FID (pytorch-fid's .pth, see
+    # zoo.gan.inception); "" leaves it out. inception_side: the network's input (299; tests: 75).
     c.eval = dict(num_samples=5000, batch_size=500, grid=64, noise_seed=1, reference_steps=0,
-                  reference_train_limit=0, reference_test_limit=0)  # fmt: skip
+                  reference_train_limit=0, reference_test_limit=0,
+                  inception_weights="", inception_side=299, inception_batch_size=100)  # fmt: skip
     c.train = train_defaults(num_steps=5000, log_every=100, ckpt_every=1000)
     return c
 
