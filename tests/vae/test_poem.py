@@ -45,9 +45,25 @@ def test_negative_elbo_terms():
     np.testing.assert_allclose(kl, 0.5 * np.sum(m**2 + np.exp(lv) - 1 - lv, axis=1), rtol=1e-5)
 
 
+def test_kl_warmup_and_free_bits():
+    assert float(P.kl_weight(5, 0)) == 1.0
+    np.testing.assert_allclose([float(P.kl_weight(s, 100)) for s in (0, 25, 100, 400)], [0.0, 0.25, 1.0, 1.0])
+    rng = np.random.default_rng(1)
+    mean = jnp.asarray(rng.normal(size=(4, 3)) * [[0.05, 1.0, 2.0]] + [[0.0, 0.0, 2.0]], jnp.float32)
+    logvar = jnp.asarray(rng.normal(size=(4, 3)) * 0.1, jnp.float32)
+    per_dim = np.mean(0.5 * (np.exp(logvar) + np.square(mean) - 1 - logvar), axis=0)
+    _, kl = P.negative_elbo(jnp.zeros((4, 10, 2)), jnp.zeros((4, 10), jnp.int32), mean, logvar)
+    np.testing.assert_allclose(P.free_bits_kl(mean, logvar, 0.0), np.mean(kl), rtol=1e-5)
+    np.testing.assert_allclose(P.free_bits_kl(mean, logvar, 0.5), np.sum(np.maximum(per_dim, 0.5)), rtol=1e-5)
+    # below the floor a dimension gets no gradient: nothing pulls it further towards the prior
+    g = jax.grad(lambda m: P.free_bits_kl(m, logvar, 0.5))(mean)
+    assert per_dim[0] < 0.5 < per_dim[2] and np.all(np.asarray(g)[:, 0] == 0) and np.all(np.asarray(g)[:, 2] != 0)
+
+
 def test_smoke_run_writes_couplets(tmp_path):
     config = load_config("zoo.vae.configs.poem_vae:smoke")
     config.train.update(progress=False)
+    config.loss.update(kl_warmup_steps=3, free_bits=0.1)  # the remedies run through the jitted step
     _, metrics = train_and_evaluate(config, tmp_path)
     assert all(np.isfinite(v) for v in metrics.values())
     np.testing.assert_allclose(metrics["test_neg_elbo"], metrics["test_reconstruction"] + metrics["test_kl"], rtol=1e-6)

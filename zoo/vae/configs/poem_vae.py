@@ -19,6 +19,9 @@ def get_config(arg: str = ""):
     c.data = dict(name="poetry_couplets", batch_size=64, min_count=1, train_limit=0, test_limit=0)
     c.model = dict(embed_dim=64, latent_dim=64)
     c.optim = dict(learning_rate=1e-3, grad_clip=10.0)
+    # Remedies for posterior collapse, off as in the post: KL weight 0 -> 1 over kl_warmup_steps;
+    # free_bits: nats per latent dimension (batch mean) below which KL is not penalised.
+    c.loss = dict(kl_warmup_steps=0, free_bits=0.0)
     c.eval = dict(batch_size=512, num_samples=20, seed=1)
     c.train = train_defaults(num_steps=4000, log_every=200, ckpt_every=1000)
     if arg == "smoke":
