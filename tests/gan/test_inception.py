@@ -98,15 +98,15 @@ def test_bad_images_raise_clear_errors(weights):
 
 
 def test_reference_is_cached_and_the_test_split_scores_zero_against_itself(weights, tmp_path, rng):
-    kwargs = dict(cache_dir=tmp_path / "cache", test_limit=24, side=SIDE, batch_size=8)
+    kwargs = dict(cache_dir=tmp_path / "cache", test_limit=16, side=SIDE, batch_size=8)
     first = inc.get_inception_reference(weights["path"], "mnist_5k", **kwargs)
     files = list((tmp_path / "cache").glob("inception-mnist_5k-*.npz"))
-    assert len(files) == 1 and first.num_test == 24 and first.mu.shape == (2048,)
+    assert len(files) == 1 and first.num_test == 16 and first.mu.shape == (2048,)
     second = inc.get_inception_reference(weights["path"], "mnist_5k", **kwargs)
     np.testing.assert_array_equal(second.sigma, first.sigma)
-    test_x, _ = load_images("mnist_5k", "test", limit=24)
+    test_x, _ = load_images("mnist_5k", "test", limit=16)
     own = inc.inception_fid(first, to_model_range(test_x), 8, SIDE, num_splits=2)
-    noise = inc.inception_fid(first, rng.uniform(-1, 1, (24, 28, 28, 1)).astype(np.float32), 8, SIDE, num_splits=2)
+    noise = inc.inception_fid(first, rng.uniform(-1, 1, (16, 28, 28, 1)).astype(np.float32), 8, SIDE, num_splits=2)
     assert own["fid_inception"] < 1e-6 * noise["fid_inception"]
     assert 1.0 <= own["inception_score"] <= 1008
 
@@ -114,7 +114,7 @@ def test_reference_is_cached_and_the_test_split_scores_zero_against_itself(weigh
 def test_gan_evaluation_adds_inception_fid_when_given_weights(weights, tmp_path):
     config = load_config("zoo.gan.configs.dcgan:smoke")
     config.eval.update(inception_weights=str(weights["path"]), inception_side=SIDE, inception_batch_size=8,
-                       num_samples=16, reference_test_limit=24)  # fmt: skip
+                       num_samples=8, reference_test_limit=16)  # fmt: skip
     config.train.update(num_steps=2, log_every=1, ckpt_every=2)
     _, metrics = train_and_evaluate(config, tmp_path)
     for key in ("fid_inception", "inception_score", "fid_inception_ema", "inception_score_ema"):
