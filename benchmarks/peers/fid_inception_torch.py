@@ -58,6 +58,7 @@ def make_pytorch_fid_inception(seed: int = 0, calibration_side: int = 299):
     pfi, tvi = _import_pytorch_fid()
     captured = {}
     original_build, original_load = pfi.fid_inception_v3, tvi.Inception3.load_state_dict
+    original_download = pfi.load_state_dict_from_url
 
     def build_without_download():
         pfi.load_state_dict_from_url = lambda *a, **k: None
@@ -66,6 +67,7 @@ def make_pytorch_fid_inception(seed: int = 0, calibration_side: int = 299):
             captured["inception"] = original_build()
         finally:
             tvi.Inception3.load_state_dict = original_load
+            pfi.load_state_dict_from_url = original_download
         return captured["inception"]
 
     torch.manual_seed(seed)

@@ -1,6 +1,7 @@
 """The torch-free reader of torch.save state dicts, on fixtures torch wrote (both formats)."""
 
 import pickle
+import struct
 import zipfile
 from pathlib import Path
 
@@ -53,8 +54,48 @@ class _Exploit:
 
 def test_refuses_globals_other_than_tensors_and_never_runs_them(tmp_path, capfd):
     _legacy_file(tmp_path / "evil.pth", {"x": _Exploit()})
-    with pytest.raises(pickle.UnpicklingError, match="posix.system|os.system|nt.system"):
+    with pytest.raises(ValueError, match="posix.system|os.system|nt.system"):
         load_torch_state_dict(tmp_path / "evil.pth")
+    assert "should-not-run" not in capfd.readouterr().out
+
+
+def _tensor_pickle(offset: int, size: int, stride: int) -> bytes:
+    """Protocol-2 opcodes of ``{"w": torch._utils._rebuild_tensor_v2(<storage "0" of 4 floats>,
+    offset, (size,), (stride,), False, {})}``, written by hand so no torch is needed."""
+
+    def text(t):
+        return b"X" + struct.pack("<I", len(t)) + t.encode()
+
+    storage = b"(" + text("storage") + b"ctorch\nFloatStorage\n" + text("0") + text("cpu") + b"K\x04NtQ"  # legacy id: (..., numel, view=None)
+    args = b"(" + storage + b"J" + struct.pack("<i", offset) + b"J" + struct.pack("<i", size) + b"\x85"
+    args += b"J" + struct.pack("<i", stride) + b"\x85" + b"\x89}t"
+    return b"\x80\x02}" + text("w") + b"ctorch._utils\n_rebuild_tensor_v2\n" + args + b"Rs."
+
+
+def _legacy_with_tensor(path, offset, size, stride):
+    with open(path, "wb") as f:
+        for header in (LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL_VERSION, {"little_endian": True}):
+            pickle.dump(header, f)
+        f.write(_tensor_pickle(offset, size, stride))
+        pickle.dump(["0"], f)
+        f.write(struct.pack("<q", 4) + np.arange(4, dtype="<f4").tobytes())
+
+
+def test_hand_written_tensor_pickle_reads_and_out_of_storage_views_are_refused(tmp_path):
+    _legacy_with_tensor(tmp_path / "ok.pth", offset=1, size=2, stride=2)
+    np.testing.assert_array_equal(load_torch_state_dict(tmp_path / "ok.pth")["w"], [1.0, 3.0])
+    for name, (offset, size, stride) in {"negative_offset": (-1, 4, 1), "negative_stride": (3, 4, -1),
+                                         "past_the_end": (1, 4, 1), "negative_size": (0, -2, 1)}.items():  # fmt: skip
+        _legacy_with_tensor(tmp_path / f"{name}.pth", offset, size, stride)
+        with pytest.raises(ValueError, match="offset|overruns"):
+            load_torch_state_dict(tmp_path / f"{name}.pth")
+
+
+def test_a_code_running_pickle_in_the_legacy_header_is_refused_before_it_runs(tmp_path, capfd):
+    with open(tmp_path / "evil_header.pth", "wb") as f:
+        pickle.dump(_Exploit(), f)
+    with pytest.raises(ValueError, match="header refers to (posix|os|nt).system"):
+        load_torch_state_dict(tmp_path / "evil_header.pth")
     assert "should-not-run" not in capfd.readouterr().out
 
 

@@ -11,8 +11,10 @@ use them on a machine with no PyTorch installed. It reads both container formats
   object pickle, the list of storage keys, then each storage as an int64 element count
   followed by its raw bytes.
 
-The pickles are read by a restricted unpickler: it rebuilds tensors, ordered dicts and
-plain containers and refuses every other global, so a weights file cannot run code.
+Every pickle is read by a restricted unpickler: the object pickle may rebuild tensors,
+ordered dicts and plain containers, the legacy headers plain data only; any other global is
+refused, so a weights file cannot run code. Tensor offsets, sizes and strides are checked
+against their storage before a view is taken.
 """
 
 from __future__ import annotations
@@ -65,7 +67,16 @@ class _Storage:
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
-    return _LazyTensor(storage, int(storage_offset), tuple(size), tuple(stride))
+    def ints(x):
+        return isinstance(x, (tuple, list)) and all(isinstance(v, int) and v >= 0 for v in x)
+
+    # Everything here comes from the file: a negative offset, size or stride would make the
+    # strided view read memory outside the storage, so such tensors are refused.
+    if not isinstance(storage, _Storage):
+        raise pickle.UnpicklingError(f"a tensor whose storage is a {type(storage).__name__}")
+    if not (isinstance(storage_offset, int) and storage_offset >= 0 and ints(size) and ints(stride) and len(size) == len(stride)):
+        raise pickle.UnpicklingError(f"a tensor with offset {storage_offset!r}, size {size!r}, stride {stride!r}")
+    return _LazyTensor(storage, storage_offset, tuple(size), tuple(stride))
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
@@ -80,17 +91,21 @@ class _LazyTensor:
 
     def materialise(self) -> np.ndarray:
         s = self.storage
+        if s.data is None or len(s.data) != s.numel * s.dtype.itemsize:
+            raise ValueError(f"a storage of {s.numel} elements has {0 if s.data is None else len(s.data)} bytes")
         flat = np.frombuffer(s.data, dtype=s.dtype, count=s.numel)
         native = s.dtype.newbyteorder("=")
+        # The last element the view touches (offset, size and stride are >= 0, checked when rebuilt).
+        last = self.offset + sum((n - 1) * st for n, st in zip(self.size, self.stride))
+        if all(self.size) and last >= s.numel:
+            raise ValueError(f"a tensor of offset {self.offset}, size {self.size}, stride {self.stride} overruns its storage of {s.numel}")
         if not self.size:
             return np.array(flat[self.offset], dtype=native)  # a 0-d array, not a numpy scalar
-        needed = self.offset + 1 + sum((n - 1) * st for n, st in zip(self.size, self.stride) if n > 0)
-        if needed > flat.size and all(self.size):
-            raise ValueError(f"a tensor of size {self.size} and stride {self.stride} overruns its storage of {flat.size}")
         item = flat.itemsize
         view = np.lib.stride_tricks.as_strided(
-            flat[self.offset :], shape=self.size, strides=[st * item for st in self.stride], writeable=False
-        )
+            flat[self.offset :] if all(self.size) else flat[:0], shape=self.size,
+            strides=[st * item for st in self.stride], writeable=False,
+        )  # fmt: skip
         return np.array(view, dtype=native, order="C")  # a C-order, native-endian copy that owns its memory
 
 
@@ -111,6 +126,8 @@ class _Unpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if module == "torch" and name in STORAGE_DTYPES:
             return _StorageType(name)
+        if module == "torch" and name.endswith("Storage"):
+            raise pickle.UnpicklingError(f"unsupported tensor dtype: torch.{name}")
         if (module, name) in _ALLOWED:
             return _ALLOWED[(module, name)]
         raise pickle.UnpicklingError(
@@ -120,6 +137,20 @@ class _Unpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         return self._persistent_load(pid)
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """For the legacy format's header pickles and key list: plain data only, no globals."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"the weights file's header refers to {module}.{name}; it may hold plain data only")
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("the weights file's header refers to a persistent object")
+
+
+def _load_data(f):
+    return _DataUnpickler(f, encoding="utf-8").load()
 
 
 def _storage_dtype(storage_type) -> np.dtype:
@@ -153,9 +184,11 @@ def _load_zip(path: Path) -> Any:
         storages: dict[str, _Storage] = {}
 
         def persistent_load(pid):
+            if not isinstance(pid, tuple) or len(pid) != 5:
+                raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
             kind, storage_type, key, _location, numel = (_decode(pid[0]), *pid[1:5])
-            if kind != "storage":
-                raise pickle.UnpicklingError(f"unknown persistent id {kind!r}")
+            if kind != "storage" or not isinstance(numel, int) or numel < 0:
+                raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
             key = _decode(key)
             if key not in storages:
                 dtype = _storage_dtype(storage_type).newbyteorder("<" if order == "little" else ">")
@@ -172,20 +205,23 @@ def _load_legacy(path: Path) -> Any:
     with open(path, "rb") as f:
 
         def header(what, expected):
-            got = pickle.load(f)
-            if got != expected:
+            got = _load_data(f)
+            if type(got) is not type(expected) or got != expected:
                 raise ValueError(f"{path}: not a torch.save file ({what} {got!r}, expected {expected!r})")
 
         header("magic number", LEGACY_MAGIC_NUMBER)
         header("protocol version", LEGACY_PROTOCOL_VERSION)
-        sys_info = pickle.load(f)
-        order = "<" if sys_info.get("little_endian", True) else ">"
+        if not isinstance(_load_data(f), dict):
+            raise ValueError(f"{path}: not a torch.save file (its system-info record is not a dict)")
+        order = "<"  # torch's legacy writer stores counts and data little-endian, whatever sys_info says
         storages: dict[str, _Storage] = {}
 
         def persistent_load(pid):
+            if not isinstance(pid, tuple) or len(pid) != 6:
+                raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
             kind, storage_type, key, _location, numel, view = (_decode(pid[0]), *pid[1:6])
-            if kind != "storage":
-                raise pickle.UnpicklingError(f"unknown persistent id {kind!r}")
+            if kind != "storage" or not isinstance(numel, int) or numel < 0:
+                raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
             if view is not None:
                 raise pickle.UnpicklingError("storage views (torch < 0.4 files) are not supported")
             key = _decode(key)
@@ -194,7 +230,9 @@ def _load_legacy(path: Path) -> Any:
             return storages[key]
 
         obj = _Unpickler(f, persistent_load).load()
-        keys = pickle.load(f)
+        keys = _load_data(f)
+        if not isinstance(keys, list) or sorted(map(_decode, keys)) != sorted(storages):
+            raise ValueError(f"{path}: its storage list does not match the tensors' storages")
         for key in keys:
             s = storages[_decode(key)]
             (numel,) = struct.unpack(f"{order}q", f.read(8))
@@ -221,7 +259,11 @@ def load_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"load_torch_state_dict: no file at {path}")
-    obj = _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
+    try:
+        obj = _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
+    except (pickle.UnpicklingError, EOFError, KeyError, AttributeError, TypeError, IndexError, struct.error,
+            zipfile.BadZipFile, UnicodeDecodeError) as err:  # fmt: skip
+        raise ValueError(f"load_torch_state_dict: {path} is not a readable torch.save state dict: {err}") from err
     if isinstance(obj, dict) and not any(isinstance(v, np.ndarray) for v in obj.values()):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), dict):

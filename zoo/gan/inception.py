@@ -5,9 +5,9 @@ TensorFlow's 2015 Inception v3 (``inception-2015-12-05``). pytorch-fid ported th
 and its weights to PyTorch (``pt_inception-2015-12-05-6726825d.pth``); this module is the
 same network in Flax, reading that file directly (no torch needed, see
 :mod:`zoo.core.torch_weights`) or an ``.npz`` of the same keys. The network is
-torchvision's Inception v3 with pytorch-fid's four patches, which make it match TF's graph:
+torchvision's Inception v3 with pytorch-fid's patches, which make it match TF's graph:
 
-* ``Mixed_5b..5d`` (A) and ``Mixed_6b..6e`` (C) and ``Mixed_7b`` (E): the pool branch's
+* ``Mixed_5b..5d`` (A), ``Mixed_6b..6e`` (C) and ``Mixed_7b`` (E): the pool branch's
   3×3 average pooling leaves the padding out of the count (TF's ``avg_pool`` with SAME);
 * ``Mixed_7c`` (E): the pool branch is a 3×3 *max* pooling (a quirk of TF's graph);
 * a 1,008-way ``fc`` (TF's classes; used only by :func:`inception_score`).
@@ -20,8 +20,9 @@ mapped to ``[−1, 1]``. Grey images are repeated to three channels (pytorch-fid
 converts files to RGB). Samples are first rounded to 8-bit pixels, as they would be when
 saved to PNG for pytorch-fid, so the numbers are those of the saved images.
 
-The network is ~5.7 GFLOP per image: on a 2-core CPU, an evaluation of 10,000 images takes
-minutes; on a GPU, seconds.
+The network is ~5.7 G multiply-adds per image: on a 2-core CPU, 10,000 images take about
+17 minutes (a GAN evaluation scores the raw and the EMA generator, so twice that); on a
+GPU, seconds.
 
 API:
 
@@ -42,6 +43,7 @@ import os
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -61,6 +63,9 @@ NUM_FEATURES = 2048
 NUM_CLASSES = 1008
 # sha256 prefix of pytorch-fid's file, part of its name: pt_inception-2015-12-05-6726825d.pth
 PYTORCH_FID_SHA256_PREFIX = "6726825d"
+# Bump when the network, the preprocessing or the statistics change: part of the cache key of
+# get_inception_reference, so statistics computed by older code are never reused.
+INCEPTION_REFERENCE_VERSION = 1
 PYTORCH_FID_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
 
 Variables = Any
@@ -329,7 +334,7 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def load_inception(path: str | Path, *, warn_if_not_pytorch_fid: bool = True) -> Variables:
+def load_inception(path: str | Path, *, warn_if_not_pytorch_fid: bool = True, sha256: str | None = None) -> Variables:
     """:class:`FIDInceptionV3` variables from a weights file.
 
     Args:
@@ -339,6 +344,7 @@ def load_inception(path: str | Path, *, warn_if_not_pytorch_fid: bool = True) ->
       warn_if_not_pytorch_fid: print a warning when the file's sha256 does not start with
         pytorch-fid's ``6726825d``: FIDs from other weights are not comparable with
         published ones.
+      sha256: the file's digest when the caller has it already (it is ~95 MB to hash).
     """
     path = Path(path)
     if not path.is_file():
@@ -349,7 +355,7 @@ def load_inception(path: str | Path, *, warn_if_not_pytorch_fid: bool = True) ->
     else:
         state_dict = load_torch_state_dict(path)
     variables = variables_from_state_dict(state_dict)
-    if warn_if_not_pytorch_fid and not file_sha256(path).startswith(PYTORCH_FID_SHA256_PREFIX):
+    if warn_if_not_pytorch_fid and not (sha256 or file_sha256(path)).startswith(PYTORCH_FID_SHA256_PREFIX):
         _log(f"{path} is not pytorch-fid's weights file (sha256 does not start with {PYTORCH_FID_SHA256_PREFIX}); "
              "its FIDs are not comparable with published ones")  # fmt: skip
     return variables
@@ -398,6 +404,8 @@ def inception_outputs(variables: Variables, images, batch_size: int = 100, side:
         raise _error(fn, "images", "finite floats in [-1, 1]", f"dtype {x.dtype}, {np.sum(~np.isfinite(x)) if np.issubdtype(x.dtype, np.floating) else 'n/a'} non-finite")
     if side < 75:
         raise _error(fn, "side", ">= 75 (the smallest input Inception v3 accepts)", side)
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise _error(fn, "batch_size", "an int >= 1", batch_size)
     apply = _jitted_outputs(int(side))
     pools, logits = [], []
     for i in range(0, len(x), batch_size):
@@ -462,9 +470,10 @@ def get_inception_reference(
 
     if dataset not in IMAGE_DATASETS:
         raise _error("get_inception_reference", "dataset", f"one of {sorted(IMAGE_DATASETS)}", repr(dataset))
-    variables = load_inception(weights)
     sha = file_sha256(weights)
-    settings = {"weights_sha256": sha, "dataset": dataset, "test_limit": int(test_limit), "side": int(side)}
+    variables = load_inception(weights, sha256=sha)
+    settings = {"version": INCEPTION_REFERENCE_VERSION, "weights_sha256": sha, "dataset": dataset,
+                "test_limit": int(test_limit), "side": int(side)}  # fmt: skip
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cache / f"inception-{dataset.replace(':', '_').replace('/', '_')}-{digest}.npz"
@@ -472,8 +481,10 @@ def get_inception_reference(
         with np.load(path, allow_pickle=False) as z:
             if json.loads(str(z["settings"])) == settings:
                 return InceptionReference(dataset, variables, z["mu"], z["sigma"], int(z["num_test"]), sha)
-    except (OSError, ValueError, KeyError):
+    except FileNotFoundError:
         pass
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        _log(f"ignoring unreadable cache file {path}: {err!r}")
     start = time.perf_counter()
     test_x, _ = load_images(dataset, "test", data_dir=data_dir, limit=test_limit)
     pool, _ = inception_outputs(variables, to_model_range(test_x), batch_size, side)
