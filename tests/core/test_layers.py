@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 from jax import lax
 
-from zoo.core.layers import Conv, ConvTranspose, col2im_conv_transpose, im2col_conv, native_conv_transpose, shift_add_conv
+from zoo.core.layers import (
+    Conv, ConvTranspose, SameConv, SameConvTranspose, col2im_conv_transpose, im2col_conv, native_conv_transpose,
+    shift_add_conv,
+)  # fmt: skip
 
 
 def native(x, kernel, padding="VALID"):
@@ -35,6 +38,25 @@ def test_im2col_and_shift_add_equal_native_conv_for_rectangular_kernels_and_stri
     np.testing.assert_allclose(im2col_conv(x, kernel, stride), want, rtol=1e-5, atol=1e-4)
     if stride == 1:
         np.testing.assert_allclose(shift_add_conv(x, kernel), want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("h,w,c,f,k,s", [(28, 28, 1, 4, 3, 2), (7, 9, 4, 3, 3, 2), (7, 7, 6, 6, 3, 1), (6, 5, 3, 2, 4, 2),
+                                         (5, 5, 2, 3, 3, 3)])  # fmt: skip
+def test_same_conv_and_transpose_equal_flax_same_with_the_same_parameters(rng, h, w, c, f, k, s):
+    """TF/Flax SAME geometry, odd and even sides, strides 1-3: values and gradients."""
+    x = jnp.asarray(rng.normal(size=(2, h, w, c)).astype(np.float32))
+    pairs = ((SameConv(f, k, s), nn.Conv(f, (k, k), strides=s, padding="SAME")),
+             (SameConvTranspose(f, k, s), nn.ConvTranspose(f, (k, k), strides=(s, s), padding="SAME")))  # fmt: skip
+    for ours, theirs in pairs:
+        variables = theirs.init(jax.random.key(0), x)
+        variables = jax.tree.map(lambda a: a + 0.1 * jnp.asarray(rng.normal(size=a.shape), a.dtype), variables)  # bias != 0
+        assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, variables)
+        want = theirs.apply(variables, x)
+        np.testing.assert_allclose(ours.apply(variables, x), want, rtol=1e-5, atol=1e-5)
+        g_ours = jax.grad(lambda v, x: jnp.sum(jnp.sin(ours.apply(v, x))), argnums=(0, 1))(variables, x)
+        g_theirs = jax.grad(lambda v, x: jnp.sum(jnp.sin(theirs.apply(v, x))), argnums=(0, 1))(variables, x)
+        for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_theirs)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * max(1.0, float(jnp.max(jnp.abs(b)))))
 
 
 @pytest.mark.parametrize("c,f", [(2, 8), (8, 2)])  # both CPU paths: im2col (f > c) and shift-add (f < c)

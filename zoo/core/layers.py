@@ -192,3 +192,66 @@ class ConvTranspose(nn.Module):
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,))
         return y
+
+
+def _same_pads(size: int, k: int, s: int) -> tuple[int, int]:
+    """TF/Flax ``"SAME"`` padding of one axis: output ``ceil(size / s)``, the odd pixel at the end."""
+    total = max((-(-size // s) - 1) * s + k - size, 0)
+    return total // 2, total - total // 2
+
+
+def _same_transpose_pads(k: int, s: int) -> tuple[int, int]:
+    """``lax.conv_transpose(padding="SAME")``'s padding of the zero-dilated input (jax's
+    ``_conv_transpose_padding``): output side ``s·H``."""
+    pad_len = k + s - 2
+    pad_a = k - 1 if s > k - 1 else -(-pad_len // 2)
+    return pad_a, pad_len - pad_a
+
+
+class SameConv(nn.Module):
+    """``nn.Conv(features, (k, k), strides=s, padding="SAME")``, same parameters and the same
+    function (TF's asymmetric SAME: the extra zero goes after), run on CPU as explicit
+    padding plus :func:`cpu_conv`: XLA:CPU's native path for a strided convolution's gradient
+    is the slow generic one (see :func:`im2col_conv`)."""
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x):
+        k, s = self.kernel_size, self.stride
+        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features))
+        if jax.default_backend() == "cpu":
+            pads = [(0, 0), _same_pads(x.shape[1], k, s), _same_pads(x.shape[2], k, s), (0, 0)]
+            y = cpu_conv(jnp.pad(x, pads), kernel, s)
+        else:
+            y = lax.conv_general_dilated(x, kernel, (s, s), "SAME", dimension_numbers=_DIMS)
+        return y + self.param("bias", nn.initializers.zeros, (self.features,))
+
+
+class SameConvTranspose(nn.Module):
+    """``nn.ConvTranspose(features, (k, k), strides=(s, s), padding="SAME")`` (output side
+    ``s·H``), same parameters and function: a stride-1 convolution of the zero-dilated,
+    padded input. On CPU the dilation and padding are one ``lax.pad`` (interior padding) and
+    the convolution is :func:`cpu_conv`, so the gradient is a matmul and a strided slice
+    instead of XLA:CPU's slow strided-convolution path. It still multiplies the inserted
+    zeros (``1 − 1/s²`` of the work); :class:`ConvTranspose` avoids that, with PyTorch's geometry."""
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x):
+        k, s = self.kernel_size, self.stride
+        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features))
+        if jax.default_backend() == "cpu":
+            lo, hi = _same_transpose_pads(k, s)
+            dilated = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (lo, hi, s - 1), (lo, hi, s - 1), (0, 0, 0)])
+            y = cpu_conv(dilated, kernel, 1)
+        else:
+            y = lax.conv_transpose(x, kernel, (s, s), "SAME", dimension_numbers=_DIMS)
+        return y + self.param("bias", nn.initializers.zeros, (self.features,))

@@ -10,7 +10,9 @@ Encoders map images ``[B, H, W, C]`` to ``(mean, raw_logvar)`` ``[B, D]``; decod
   [3×3 conv stride 2, 3×3 conv stride 1] with LeakyReLU(0.2), the filters doubled before each
   block starting from ``filters = 16`` (so 32, 64 at 28×28 → 7×7), then Dense heads; the
   decoder mirrors it with transposed convolutions, halving the filters, and ends in a 3×3
-  convolution to the image channels.
+  convolution to the image channels. Flax's ``"SAME"`` convolutions, computed on CPU by
+  :class:`zoo.core.layers.SameConv` / ``SameConvTranspose`` (same parameters and function;
+  the step at batch 100 went from 442 to 249 ms on the 2-core CPU).
 * :class:`VAE`: ``__call__(x, key) -> (recon, mean, logvar, z)`` with one reparameterised
   sample ``z = μ + σ·ε``; ``encode``, ``decode``, ``prior_mean``, ``sample`` (from the prior),
   ``log_likelihood`` (Bernoulli from logits, or Gaussian with a fixed or learned per-pixel
@@ -30,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels.checks import argument_error as _error
+from zoo.core.layers import SameConv, SameConvTranspose
 from zoo.vae import losses
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -88,10 +91,11 @@ class ConvEncoder(nn.Module):
     @nn.compact
     def __call__(self, x):
         h, f = x, self.filters
-        for _ in range(self.levels):
+        # Named as nn.Conv would be (Conv_0, Conv_1, ...): the parameter tree is unchanged.
+        for level in range(self.levels):
             f *= 2
-            h = nn.leaky_relu(nn.Conv(f, (3, 3), strides=2, padding="SAME")(h), 0.2)
-            h = nn.leaky_relu(nn.Conv(f, (3, 3), strides=1, padding="SAME")(h), 0.2)
+            h = nn.leaky_relu(SameConv(f, 3, 2, name=f"Conv_{2 * level}")(h), 0.2)
+            h = nn.leaky_relu(SameConv(f, 3, 1, name=f"Conv_{2 * level + 1}")(h), 0.2)
         h = jnp.reshape(h, (h.shape[0], -1))
         return nn.Dense(self.latent_dim, name="mean")(h), nn.Dense(self.latent_dim, name="logvar")(h)
 
@@ -111,11 +115,11 @@ class ConvDecoder(nn.Module):
         f = self.filters * scale  # the encoder's last width
         h = nn.Dense(h_img // scale * w_img // scale * f)(z)
         h = jnp.reshape(h, (z.shape[0], h_img // scale, w_img // scale, f))
-        for _ in range(self.levels):
-            h = nn.leaky_relu(nn.ConvTranspose(f, (3, 3), strides=(1, 1), padding="SAME")(h), 0.2)
-            h = nn.leaky_relu(nn.ConvTranspose(f, (3, 3), strides=(2, 2), padding="SAME")(h), 0.2)
+        for level in range(self.levels):
+            h = nn.leaky_relu(SameConvTranspose(f, 3, 1, name=f"ConvTranspose_{2 * level}")(h), 0.2)
+            h = nn.leaky_relu(SameConvTranspose(f, 3, 2, name=f"ConvTranspose_{2 * level + 1}")(h), 0.2)
             f //= 2
-        return nn.ConvTranspose(c, (3, 3), padding="SAME", name="out")(h)
+        return SameConvTranspose(c, 3, 1, name="out")(h)
 
 
 class VAE(nn.Module):
