@@ -40,8 +40,7 @@ def test_im2col_and_shift_add_equal_native_conv_for_rectangular_kernels_and_stri
         np.testing.assert_allclose(shift_add_conv(x, kernel), want, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("h,w,c,f,k,s", [(28, 28, 1, 4, 3, 2), (7, 9, 4, 3, 3, 2), (7, 7, 6, 6, 3, 1), (6, 5, 3, 2, 4, 2),
-                                         (5, 5, 2, 3, 3, 3)])  # fmt: skip
+@pytest.mark.parametrize("h,w,c,f,k,s", [(7, 9, 4, 3, 3, 2), (7, 7, 6, 6, 3, 1), (6, 5, 3, 2, 4, 2), (5, 5, 2, 3, 3, 3)])
 def test_same_conv_and_transpose_equal_flax_same_with_the_same_parameters(rng, h, w, c, f, k, s):
     """TF/Flax SAME geometry, odd and even sides, strides 1-3: values and gradients."""
     x = jnp.asarray(rng.normal(size=(2, h, w, c)).astype(np.float32))
