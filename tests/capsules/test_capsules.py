@@ -30,13 +30,14 @@ def test_im2col_conv_equals_native_conv(rng, k, s, h, w):
     def native(x, kernel):
         return lax.conv_general_dilated(x, kernel, (s, s), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-    want = native(x, kernel)
-    got = im2col_conv(x, kernel, s)
+    # jitted: eagerly, each of the k² strided slices would compile on its own
+    want = jax.jit(native)(x, kernel)
+    got = jax.jit(im2col_conv, static_argnums=2)(x, kernel, s)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
     probe = rng.normal(size=want.shape).astype(np.float32)
-    g_want = jax.grad(lambda a, b: jnp.sum(native(a, b) * probe), argnums=(0, 1))(x, kernel)
-    g_got = jax.grad(lambda a, b: jnp.sum(im2col_conv(a, b, s) * probe), argnums=(0, 1))(x, kernel)
+    g_want = jax.jit(jax.grad(lambda a, b: jnp.sum(native(a, b) * probe), argnums=(0, 1)))(x, kernel)
+    g_got = jax.jit(jax.grad(lambda a, b: jnp.sum(im2col_conv(a, b, s) * probe), argnums=(0, 1)))(x, kernel)
     for a, b in zip(g_got, g_want):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 

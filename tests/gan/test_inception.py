@@ -100,10 +100,10 @@ def test_bad_images_raise_clear_errors(weights):
 
 
 def test_reference_is_cached_and_the_test_split_scores_zero_against_itself(weights, tmp_path, rng, monkeypatch):
-    kwargs = dict(cache_dir=tmp_path / "cache", test_limit=16, side=SIDE, batch_size=8)
+    kwargs = dict(cache_dir=tmp_path / "cache", test_limit=8, side=SIDE, batch_size=8)
     first = inc.get_inception_reference(weights["path"], "mnist_5k", **kwargs)
     files = list((tmp_path / "cache").glob("inception-mnist_5k-*.npz"))
-    assert len(files) == 1 and first.num_test == 16 and first.mu.shape == (2048,)
+    assert len(files) == 1 and first.num_test == 8 and first.mu.shape == (2048,)
     with monkeypatch.context() as m:  # the second call must come from the cache: computing is refused
         m.setattr(inc, "inception_outputs", lambda *a, **k: pytest.fail("statistics recomputed"))
         second = inc.get_inception_reference(weights["path"], "mnist_5k", **kwargs)
@@ -112,9 +112,9 @@ def test_reference_is_cached_and_the_test_split_scores_zero_against_itself(weigh
     files[0].write_bytes(b"not a zip")
     rebuilt = inc.get_inception_reference(weights["path"], "mnist_5k", **kwargs)
     np.testing.assert_allclose(rebuilt.mu, first.mu, rtol=1e-6)
-    test_x, _ = load_images("mnist_5k", "test", limit=16)
+    test_x, _ = load_images("mnist_5k", "test", limit=8)
     own = inc.inception_fid(first, to_model_range(test_x), 8, SIDE, num_splits=2)
-    noise = inc.inception_fid(first, rng.uniform(-1, 1, (16, 28, 28, 1)).astype(np.float32), 8, SIDE, num_splits=2)
+    noise = inc.inception_fid(first, rng.uniform(-1, 1, (8, 28, 28, 1)).astype(np.float32), 8, SIDE, num_splits=2)
     assert own["fid_inception"] < 1e-6 * noise["fid_inception"]
     assert 1.0 <= own["inception_score"] <= 1008
 
