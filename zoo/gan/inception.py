@@ -21,8 +21,7 @@ converts files to RGB). Samples are first rounded to 8-bit pixels, as they would
 saved to PNG for pytorch-fid, so the numbers are those of the saved images.
 
 The network is ~5.7 G multiply-adds per image: on a 2-core CPU, 10,000 images take about
-17 minutes (a GAN evaluation scores the raw and the EMA generator, so twice that); on a
-GPU, seconds.
+17 minutes (a GAN evaluation scores the raw and the EMA generator, so twice that).
 
 API:
 
