@@ -6,7 +6,6 @@ compared with pytorch-fid's own on the same random weights."""
 
 import numpy as np
 import pytest
-import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
