@@ -221,17 +221,19 @@ class SameConv(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        k, s = self.kernel_size, self.stride
-        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features))
-        if jax.default_backend() == "cpu":
-            pads = [(0, 0), _same_pads(x.shape[1], k, s), _same_pads(x.shape[2], k, s), (0, 0)]
-            y = cpu_conv(jnp.pad(x, pads), kernel, s)
-        else:
-            y = lax.conv_general_dilated(x, kernel, (s, s), "SAME", dimension_numbers=_DIMS)
+        kernel = self.param("kernel", self.kernel_init, (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
+        y = self._conv(x, kernel, self.kernel_size, self.stride)
         return y + self.param("bias", nn.initializers.zeros, (self.features,))
 
+    @staticmethod
+    def _conv(x, kernel, k, s):
+        if jax.default_backend() == "cpu":
+            pads = [(0, 0), _same_pads(x.shape[1], k, s), _same_pads(x.shape[2], k, s), (0, 0)]
+            return cpu_conv(jnp.pad(x, pads), kernel, s)
+        return lax.conv_general_dilated(x, kernel, (s, s), "SAME", dimension_numbers=_DIMS)
 
-class SameConvTranspose(nn.Module):
+
+class SameConvTranspose(SameConv):
     """``nn.ConvTranspose(features, (k, k), strides=(s, s), padding="SAME")`` (output side
     ``s·H``), same parameters and function: a stride-1 convolution of the zero-dilated,
     padded input. On CPU the dilation and padding are one ``lax.pad`` (interior padding) and
@@ -239,19 +241,10 @@ class SameConvTranspose(nn.Module):
     instead of XLA:CPU's slow strided-convolution path. It still multiplies the inserted
     zeros (``1 − 1/s²`` of the work); :class:`ConvTranspose` avoids that, with PyTorch's geometry."""
 
-    features: int
-    kernel_size: int
-    stride: int = 1
-    kernel_init: Callable = nn.initializers.lecun_normal()
-
-    @nn.compact
-    def __call__(self, x):
-        k, s = self.kernel_size, self.stride
-        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features))
+    @staticmethod
+    def _conv(x, kernel, k, s):
         if jax.default_backend() == "cpu":
             lo, hi = _same_transpose_pads(k, s)
             dilated = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (lo, hi, s - 1), (lo, hi, s - 1), (0, 0, 0)])
-            y = cpu_conv(dilated, kernel, 1)
-        else:
-            y = lax.conv_transpose(x, kernel, (s, s), "SAME", dimension_numbers=_DIMS)
-        return y + self.param("bias", nn.initializers.zeros, (self.features,))
+            return cpu_conv(dilated, kernel, 1)
+        return lax.conv_transpose(x, kernel, (s, s), "SAME", dimension_numbers=_DIMS)

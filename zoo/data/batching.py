@@ -68,3 +68,16 @@ def pad_batch(sequences: list[np.ndarray], length: int, pad: int = 0) -> np.ndar
     for i, seq in enumerate(sequences):
         out[i, : min(len(seq), length)] = seq[:length]
     return out
+
+
+def fixed_size_chunks(arrays, batch_size: int) -> Iterator[tuple[int, int, list[np.ndarray]]]:
+    """Evaluation batches of one shape: yields ``(start, n, chunks)`` with ``chunks[j] =
+    arrays[j][start : start + batch_size]`` as numpy, the last zero-padded to ``batch_size``
+    rows, so a jitted function compiles once; ``n`` is how many rows are real."""
+    count = len(arrays[0])
+    for start in range(0, count, batch_size):
+        chunks = [np.asarray(a[start : start + batch_size]) for a in arrays]
+        n = len(chunks[0])
+        if n < batch_size:
+            chunks = [np.concatenate([c, np.zeros((batch_size - n, *c.shape[1:]), c.dtype)]) for c in chunks]
+        yield start, n, chunks

@@ -43,6 +43,7 @@ from flax import traverse_util
 from kernels.checks import argument_error as _error
 from zoo.core.images import save_grid
 from zoo.core.layers import Conv
+from zoo.data.batching import fixed_size_chunks
 from zoo.data.images import IMAGE_DATASETS, load_images
 from zoo.data.sources import default_data_dir
 
@@ -360,12 +361,8 @@ def classifier_outputs(params, images, batch_size: int = 500) -> tuple[np.ndarra
     """
     fn = _jitted_apply(_model_for(params))
     probs, features = [], []
-    for i in range(0, len(images), batch_size):
-        chunk = np.asarray(images[i : i + batch_size], np.float32)
-        n = len(chunk)
-        if n < batch_size:
-            chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]), np.float32)])
-        p, f = fn(params, chunk)
+    for _, n, (chunk,) in fixed_size_chunks([images], batch_size):
+        p, f = fn(params, chunk.astype(np.float32))
         probs.append(np.asarray(p[:n]))
         features.append(np.asarray(f[:n]))
     return np.concatenate(probs), np.concatenate(features)

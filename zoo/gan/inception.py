@@ -56,6 +56,7 @@ from jax import lax
 from kernels.checks import argument_error as _error
 from zoo.core.layers import cpu_conv
 from zoo.core.torch_weights import load_torch_state_dict
+from zoo.data.batching import fixed_size_chunks
 
 INPUT_SIDE = 299
 NUM_FEATURES = 2048
@@ -407,12 +408,8 @@ def inception_outputs(variables: Variables, images, batch_size: int = 100, side:
         raise _error(fn, "batch_size", "an int >= 1", batch_size)
     apply = _jitted_outputs(int(side))
     pools, logits = [], []
-    for i in range(0, len(x), batch_size):
-        chunk = x[i : i + batch_size].astype(np.float32)
-        n = len(chunk)
-        if n < batch_size:
-            chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]), np.float32)])
-        p, l = apply(variables, chunk)
+    for _, n, (chunk,) in fixed_size_chunks([x], batch_size):
+        p, l = apply(variables, chunk.astype(np.float32))
         pools.append(np.asarray(p[:n]))
         logits.append(np.asarray(l[:n]))
     return np.concatenate(pools), np.concatenate(logits)

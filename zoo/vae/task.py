@@ -36,7 +36,7 @@ import optax
 from kernels.checks import argument_error as _error
 from zoo.core.images import save_grid
 from zoo.core.train import Task
-from zoo.data.batching import shuffled_batches
+from zoo.data.batching import fixed_size_chunks, shuffled_batches
 from zoo.data.images import load_images
 from zoo.vae import losses
 from zoo.vae.models import CVAE, VAE, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
@@ -139,14 +139,10 @@ def padded_batch_means(fn, arrays, batch_size: int, seed: int) -> np.ndarray:
     """Per-example means of ``fn(*chunks, key) -> [R, B]`` over equal-length ``arrays``, in
     fixed-size batches (the last padded with zeros, so one shape is compiled; padded columns
     are dropped), batch starting at ``i`` with key ``fold_in(key(seed), i)``. Returns ``[R]``."""
-    total, key, count = 0.0, jax.random.key(seed), len(arrays[0])
-    for i in range(0, count, batch_size):
-        chunks = [a[i : i + batch_size] for a in arrays]
-        n = len(chunks[0])
-        if n < batch_size:
-            chunks = [np.concatenate([c, np.zeros((batch_size - n, *c.shape[1:]), c.dtype)]) for c in chunks]
+    total, key = 0.0, jax.random.key(seed)
+    for i, n, chunks in fixed_size_chunks(arrays, batch_size):
         total = total + np.asarray(jnp.sum(fn(*chunks, jax.random.fold_in(key, i))[:, :n], axis=1), np.float64)
-    return total / count
+    return total / len(arrays[0])
 
 
 def test_nats(model, params, images, labels, binarize, ks, batch_size, seed) -> np.ndarray:
