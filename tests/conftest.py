@@ -3,11 +3,16 @@
 import os
 import socket
 
-# XLA:CPU spends most of a test's time compiling (often 3-4x longer than running) at its
-# default LLVM optimisation level; level 0 compiles several times faster, and these tiny
-# shapes run no slower to speak of. Must be set before the CPU backend starts.
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+# XLA:CPU spends most of a test's time compiling (often 3-4x longer than running). Two
+# compile-time flags, for tests only (the tiny test shapes run no slower to speak of):
+# * LLVM optimisation level 0 compiles several times faster than the default;
+# * the older elemental emitters instead of the fusion emitters cut what is left by about a
+#   third (the NVAE smoke test's compiles: 28 s -> 18 s).
+# Must be set before the CPU backend starts; a flag the caller already set is kept.
+_TEST_XLA_FLAGS = {"xla_backend_optimization_level": "0", "xla_cpu_use_fusion_emitters": "false"}
+for _name, _value in _TEST_XLA_FLAGS.items():
+    if _name not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --{_name}={_value}").strip()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from jax import lax
 
+from zoo.core import layers
 from zoo.core.layers import (
-    Conv, ConvTranspose, SameConv, SameConvTranspose, col2im_conv_transpose, im2col_conv, native_conv_transpose,
-    shift_add_conv,
+    Conv, ConvTranspose, SameConv, SameConvTranspose, col2im_conv_transpose, cpu_conv, cpu_conv_transpose, im2col_conv,
+    native_conv_transpose, shift_add_conv, space_to_depth_conv, subpixel_conv_transpose,
 )  # fmt: skip
 
 
@@ -38,6 +39,28 @@ def test_im2col_and_shift_add_equal_native_conv_for_rectangular_kernels_and_stri
     np.testing.assert_allclose(jax.jit(im2col_conv, static_argnums=2)(x, kernel, stride), want, rtol=1e-5, atol=1e-4)
     if stride == 1:
         np.testing.assert_allclose(jax.jit(shift_add_conv)(x, kernel), want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("kh,kw,stride,h,w", [(4, 4, 2, 9, 10), (4, 2, 2, 8, 7), (6, 3, 3, 11, 9), (2, 2, 2, 5, 5)])
+def test_space_to_depth_conv_equals_native_strided_conv(rng, kh, kw, stride, h, w):
+    """Values and both gradients; odd sides leave trailing rows no output reads."""
+    x = rng.normal(size=(2, h, w, 3)).astype(np.float32)
+    kernel = rng.normal(size=(kh, kw, 3, 4)).astype(np.float32)
+
+    def strided(a, b):
+        return lax.conv_general_dilated(a, b, (stride,) * 2, "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    want = strided(x, kernel)
+    for fn in (space_to_depth_conv, cpu_conv):
+        got = jax.jit(fn, static_argnums=2)(x, kernel, stride)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4, err_msg=fn.__name__)
+    probe = rng.normal(size=want.shape).astype(np.float32)
+    g_want = jax.grad(lambda a, b: jnp.sum(strided(a, b) * probe), argnums=(0, 1))(x, kernel)
+    g_got = jax.jit(jax.grad(lambda a, b: jnp.sum(space_to_depth_conv(a, b, stride) * probe), argnums=(0, 1)))(x, kernel)
+    for a, b in zip(g_got, g_want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="kernel sides must be multiples of `stride` 2; got 3×3"):
+        space_to_depth_conv(x, np.zeros((3, 3, 3, 4), np.float32), 2)
 
 
 @pytest.mark.parametrize("h,w,c,f,k,s", [(7, 9, 4, 3, 3, 2), (6, 5, 3, 2, 4, 2), (5, 5, 2, 3, 3, 3)])
@@ -97,18 +120,37 @@ def scatter_conv_transpose(x, kernel, s, p):
     return full[:, p : full.shape[1] - p, p : full.shape[2] - p]
 
 
+TRANSPOSE_PATHS = (col2im_conv_transpose, subpixel_conv_transpose, native_conv_transpose)
+
+
 @pytest.mark.parametrize("k,s,p,h,w", [(4, 2, 1, 3, 4), (4, 2, 0, 2, 2), (3, 1, 1, 3, 3), (6, 3, 2, 2, 3)])
 def test_conv_transpose_paths_equal_the_scatter_definition(rng, k, s, p, h, w):
     x = rng.normal(size=(2, h, w, 3)).astype(np.float32)
     kernel = rng.normal(size=(k, k, 3, 2)).astype(np.float32)
     want = scatter_conv_transpose(x.astype(np.float64), kernel.astype(np.float64), s, p)
-    for fn in (col2im_conv_transpose, native_conv_transpose):
-        np.testing.assert_allclose(fn(x, kernel, s, p), want, rtol=1e-5, atol=1e-4, err_msg=fn.__name__)
+    for fn in TRANSPOSE_PATHS:
+        got = jax.jit(fn, static_argnums=(2, 3))(x, kernel, s, p)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4, err_msg=fn.__name__)
     probe = rng.normal(size=want.shape).astype(np.float32)
-    grads = [jax.grad(lambda a, b, fn=fn: jnp.sum(fn(a, b, s, p) * probe), argnums=(0, 1))(x, kernel)
-             for fn in (col2im_conv_transpose, native_conv_transpose)]  # fmt: skip
-    for a, b in zip(*grads):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+    grads = [jax.jit(jax.grad(lambda a, b, fn=fn: jnp.sum(fn(a, b, s, p) * probe), argnums=(0, 1)))(x, kernel)
+             for fn in TRANSPOSE_PATHS]  # fmt: skip
+    for got in grads[:-1]:
+        for a, b in zip(got, grads[-1]):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("h,c,f,want", [(7, 16, 8, subpixel_conv_transpose), (14, 8, 1, col2im_conv_transpose),
+                                        (4, 16, 8, col2im_conv_transpose)])  # fmt: skip
+def test_cpu_conv_transpose_picks_sub_pixel_for_wide_matmuls_and_small_borders(rng, h, c, f, want, monkeypatch):
+    """The choice, seen by which path runs; and the chosen path's value is the definition's."""
+    called = []
+    for name in ("subpixel_conv_transpose", "col2im_conv_transpose"):
+        real = getattr(layers, name)
+        monkeypatch.setattr(layers, name, lambda *a, real=real, name=name: called.append(name) or real(*a))
+    x = rng.normal(size=(1, h, h, c)).astype(np.float32)
+    kernel = rng.normal(size=(4, 4, c, f)).astype(np.float32)
+    np.testing.assert_allclose(cpu_conv_transpose(x, kernel, 2, 1), scatter_conv_transpose(x, kernel, 2, 1), rtol=1e-4, atol=1e-4)
+    assert called == [want.__name__]
 
 
 def test_conv_transpose_module_doubles_the_side_and_checks_its_arguments():

@@ -62,18 +62,52 @@ def shift_add_conv(x, kernel):
     return sum(z[:, dy : dy + ho, dx : dx + wo, dy, dx] for dy in range(kh) for dx in range(kw))
 
 
+def space_to_depth_conv(x, kernel, stride: int):
+    """A strided 'VALID' convolution whose kernel sides are multiples of the stride, as a
+    stride-1 :func:`im2col_conv` on the space-to-depth input.
+
+    Each ``s×s`` block of pixels becomes one pixel of ``s²·C`` channels and the kernel
+    ``[kh, kw, C, F]`` becomes ``[kh/s, kw/s, s²·C, F]``: the same multiply-adds, gathered by
+    ``(kh/s)·(kw/s)`` contiguous slices instead of ``kh·kw`` strided ones. Why: the gradient of
+    each slice is a pad of the whole input, so the input gradient costs ``s²`` times fewer
+    full-size adds. DCGAN's 4×4 stride-2 convolutions, forward+backward on the 2-core CPU:
+    0–17% faster at the default optimisation level, about 2× under the test suite's flags.
+
+    Args:
+      x: ``[B, H, W, C]``; kernel: ``[kh, kw, C, F]`` with ``kh, kw`` multiples of ``stride``.
+    Returns:
+      ``[B, (H − kh)//s + 1, (W − kw)//s + 1, F]``, as :func:`im2col_conv`.
+    """
+    b, h, w, c = x.shape
+    kh, kw, _, f = kernel.shape
+    s = stride
+    if kh % s or kw % s:
+        raise ValueError(f"space_to_depth_conv: kernel sides must be multiples of `stride` {s}; got {kh}×{kw}")
+    th, tw = kh // s, kw // s
+    ho, wo = (h - kh) // s + 1, (w - kw) // s + 1
+    hh, ww = s * (ho + th - 1), s * (wo + tw - 1)  # the rows and columns any output reads
+    blocks = x[:, :hh, :ww].reshape(b, hh // s, s, ww // s, s, c).transpose(0, 1, 3, 2, 4, 5)
+    blocks = blocks.reshape(b, hh // s, ww // s, s * s * c)  # channel order (row phase, column phase, C)
+    kernel = kernel.reshape(th, s, tw, s, c, f).transpose(0, 2, 1, 3, 4, 5).reshape(th, tw, s * s * c, f)
+    return im2col_conv(blocks, kernel, 1)
+
+
 def cpu_conv(x, kernel, stride: int):
-    """The cheaper of :func:`im2col_conv` and :func:`shift_add_conv` for this shape."""
+    """The cheapest of :func:`im2col_conv`, :func:`space_to_depth_conv` and
+    :func:`shift_add_conv` for this shape."""
     kh, kw, c, f = kernel.shape
     if stride == 1 and kh * kw > 1 and f < c:
         return shift_add_conv(x, kernel)
+    if stride > 1 and kh % stride == 0 and kw % stride == 0:
+        return space_to_depth_conv(x, kernel, stride)
     return im2col_conv(x, kernel, stride)
 
 
 class Conv(nn.Module):
     """``nn.Conv(features, (k, k), (s, s), padding)`` with the same parameters (``kernel
-    [k, k, C, F]``, ``bias [F]``), computed on CPU by :func:`cpu_conv` (im2col, or
-    shift-and-add when ``F < C``) and by XLA's native convolution on accelerators.
+    [k, k, C, F]``, ``bias [F]``), computed on CPU by :func:`cpu_conv` (im2col, space-to-depth
+    when the stride divides the kernel, or shift-and-add when ``F < C``) and by XLA's native
+    convolution on accelerators.
 
     Besides strided convolutions (see :func:`im2col_conv`), XLA:CPU runs convolutions
     inside a ``lax.scan``/``while`` body on a slow generic path: a Glow step of 3×3 convs
@@ -119,13 +153,17 @@ class ValidConv(Conv):
 
 def col2im_conv_transpose(x, kernel, stride: int, padding: int):
     """A transposed convolution (PyTorch ``ConvTranspose2d(k, stride=s, padding=p)``) as
-    one matmul to ``k²·F`` channels followed by shifted sums, one per output phase.
+    one matmul to ``k²·F`` channels followed by ``(k/s)²`` shifted sums, each carrying all
+    ``s²`` output phases.
 
     Definition (the gradient of a strided convolution, scatter form):
     ``out[b, s·i + dy − p, s·j + dx − p, f] += Σ_c x[b, i, j, c] · kernel[dy, dx, c, f]``.
     Why: it does exactly the useful ``k²·C·F`` multiply-adds per input pixel as one large
     matmul; the zero-dilated convolution XLA lowers a transposed convolution to spends
     ``1 − 1/s²`` of its work on inserted zeros, on XLA:CPU's slower convolution path.
+    Summing per shift rather than per tap matters for the gradient: each slice's gradient
+    pads a full-size tensor, ``(k/s)²`` of them instead of ``k²`` (DCGAN's 7×7 128→64 layer,
+    forward+backward at batch 64: 32.6 → 20.0 ms).
 
     Args:
       x: ``[B, H, W, C]``; kernel: ``[k, k, C, F]`` with ``k`` a multiple of ``s``.
@@ -136,22 +174,67 @@ def col2im_conv_transpose(x, kernel, stride: int, padding: int):
     b, h, w, c = x.shape
     k, f = kernel.shape[0], kernel.shape[-1]
     s, t = stride, kernel.shape[0] // stride  # tap dy = s·a + r feeds output row s·(i + a) + r
-    z = (x.reshape(-1, c) @ kernel.transpose(2, 0, 1, 3).reshape(c, k * k * f)).reshape(b, h, w, k, k, f)
-    phases = []
-    for ry in range(s):
-        row = []
-        for rx in range(s):
-            acc = jnp.zeros((b, h + t - 1, w + t - 1, f), z.dtype)
-            for a in range(t):
-                for a2 in range(t):
-                    tap = z[:, :, :, s * a + ry, s * a2 + rx]
-                    acc = acc + jnp.pad(tap, ((0, 0), (a, t - 1 - a), (a2, t - 1 - a2), (0, 0)))
-            row.append(acc)
-        phases.append(jnp.stack(row, axis=3))  # [B, H', W', s(rx), F]
-    full = jnp.stack(phases, axis=2)  # [B, H', s(ry), W', s(rx), F]
-    full = full.reshape(b, (h + t - 1) * s, (w + t - 1) * s, f)
+    # columns ordered (a, a2, r, r2, F): one slice per shift (a, a2) carries all s² phases,
+    # so the gradient pads t² slabs into z rather than k² single taps
+    taps = kernel.reshape(t, s, t, s, c, f).transpose(4, 0, 2, 1, 3, 5).reshape(c, k * k * f)
+    z = (x.reshape(-1, c) @ taps).reshape(b, h, w, t, t, s, s, f)
+    full = sum(
+        jnp.pad(z[:, :, :, a, a2], ((0, 0), (a, t - 1 - a), (a2, t - 1 - a2), (0, 0), (0, 0), (0, 0)))
+        for a in range(t)
+        for a2 in range(t)
+    )  # [B, H + t − 1, W + t − 1, s(r), s(r2), F]
+    full = full.transpose(0, 1, 3, 2, 4, 5).reshape(b, (h + t - 1) * s, (w + t - 1) * s, f)
     out_h, out_w = (h - 1) * s + k - 2 * padding, (w - 1) * s + k - 2 * padding
     return full[:, padding : padding + out_h, padding : padding + out_w]
+
+
+def subpixel_conv_transpose(x, kernel, stride: int, padding: int):
+    """:func:`col2im_conv_transpose` as one stride-1 convolution to ``s²·F`` channels (one
+    per output phase) followed by depth-to-space: the sub-pixel form.
+
+    With tap ``dy = s·a + r`` and ``t = k/s``, output row ``s·m + r`` (before cropping) sums
+    ``x[m − a]·kernel[s·a + r]`` over ``a < t``: a ``t×t`` 'VALID' convolution of the input
+    padded by ``t − 1`` on every side, whose kernel holds the taps of all ``s²`` phases.
+    Why: its gradient is :func:`im2col_conv`'s (``t²`` slices), where col2im's ``k²`` tap
+    slices each pad a full-size tensor. It does ``((H + t − 1)(W + t − 1))/(H·W)`` times
+    col2im's multiply-adds (the border), so :func:`cpu_conv_transpose` uses it only where
+    the matmul is wide and the border small.
+
+    Args and returns: as :func:`col2im_conv_transpose`.
+    """
+    b, h, w, c = x.shape
+    k, f = kernel.shape[0], kernel.shape[-1]
+    s, t = stride, k // stride
+    # window offset e = t − 1 − a over the padded input reads x[m − a]: flip the a axes
+    taps = kernel.reshape(t, s, t, s, c, f)[::-1, :, ::-1]  # [e, r, e2, r2, C, F]
+    taps = taps.transpose(0, 2, 4, 1, 3, 5).reshape(t, t, c, s * s * f)  # output channels (r, r2, F)
+    padded = jnp.pad(x, ((0, 0), (t - 1, t - 1), (t - 1, t - 1), (0, 0)))
+    hh, ww = h + t - 1, w + t - 1
+    phases = im2col_conv(padded, taps, 1).reshape(b, hh, ww, s, s, f)
+    full = phases.transpose(0, 1, 3, 2, 4, 5).reshape(b, hh * s, ww * s, f)
+    out_h, out_w = (h - 1) * s + k - 2 * padding, (w - 1) * s + k - 2 * padding
+    return full[:, padding : padding + out_h, padding : padding + out_w]
+
+
+def cpu_conv_transpose(x, kernel, stride: int, padding: int):
+    """:func:`subpixel_conv_transpose` where its matmul is at least as deep as it is wide
+    (``s²·F ≥ C``) and the border adds at most 35% (inputs of 7×7 and up for ``k = 4, s = 2``),
+    else :func:`col2im_conv_transpose`.
+
+    Forward+backward at batch 64 on the 2-core CPU (k = 4, s = 2), col2im vs sub-pixel, medians
+    of three runs: 7×7 128→64 20.0 vs 20.0 ms; 8×8 256→128 92 vs 104; 16×16 128→64 150 vs 134;
+    4×4 512→256 71 vs 109 (border 56%); 14×14 64→1 2.3 vs 9.5 and 32×32 64→3 21 vs 92 (narrow
+    matmuls). The rule is within 3% of the best choice on the 64×64 DCGAN's generator and
+    ties on the 28×28 one; under the test suite's compile flags (``tests/conftest.py``) sub-pixel
+    is 1.7–4× faster on the wide layers.
+    """
+    b, h, w, c = x.shape
+    k, f = kernel.shape[0], kernel.shape[-1]
+    t = k // stride
+    border = (h + t - 1) * (w + t - 1) / (h * w)
+    if stride * stride * f >= c and border <= 1.35:
+        return subpixel_conv_transpose(x, kernel, stride, padding)
+    return col2im_conv_transpose(x, kernel, stride, padding)
 
 
 def native_conv_transpose(x, kernel, stride: int, padding: int):
@@ -169,7 +252,7 @@ class ConvTranspose(nn.Module):
     geometry (output side ``(H − 1)·s + k − 2p``; DCGAN's ``k = 4, s = 2, p = 1`` doubles
     it). Parameters ``kernel [k, k, C, F]`` (tap ``[dy, dx]`` scatters input pixel ``(i, j)``
     to output ``(s·i + dy − p, s·j + dx − p)``) and ``bias [F]``. CPU runs
-    :func:`col2im_conv_transpose`; accelerators the native :func:`native_conv_transpose`.
+    :func:`cpu_conv_transpose`; accelerators the native :func:`native_conv_transpose`.
     """
 
     features: int
@@ -187,7 +270,7 @@ class ConvTranspose(nn.Module):
         if not 0 <= p < k:
             raise ValueError(f"ConvTranspose: `padding` must be in [0, {k}); got {p}")
         kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features))
-        conv = col2im_conv_transpose if jax.default_backend() == "cpu" else native_conv_transpose
+        conv = cpu_conv_transpose if jax.default_backend() == "cpu" else native_conv_transpose
         y = conv(x, kernel, s, p)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,))
