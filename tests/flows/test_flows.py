@@ -159,6 +159,23 @@ def test_scanned_and_unrolled_levels_compute_the_same_flow():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
 
 
+def test_remat_leaves_log_prob_and_gradients_unchanged_and_drops_the_stacked_intermediates():
+    model, x, _, variables = initialised("glow")
+    variables = perturb(variables, jax.random.key(5))
+    results, temp_bytes = {}, {}
+    for mode in ("on", "off"):
+        m = model.clone(remat=mode)
+        loss = lambda v, m=m: -jnp.mean(m.apply(v, x, method="log_prob"))  # noqa: E731
+        compiled = jax.jit(jax.value_and_grad(loss)).lower(variables).compile()
+        results[mode] = compiled(variables)
+        temp_bytes[mode] = compiled.memory_analysis().temp_size_in_bytes
+    assert temp_bytes["on"] < 0.75 * temp_bytes["off"]  # depth-stacked intermediates: 50 vs 108 kB here
+    (v_on, g_on), (v_off, g_off) = results["on"], results["off"]
+    np.testing.assert_allclose(v_on, v_off, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g_on), jax.tree.leaves(g_off)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * max(1.0, float(jnp.max(jnp.abs(b)))))
+
+
 def test_bad_model_input_raises_clear_errors():
     with pytest.raises(ValueError, match=r"`image_shape` \(12, 12, 1\) needs H and W divisible by 2\^levels = 8"):
         MultiScaleFlow((12, 12, 1), levels=3).init(jax.random.key(0), jnp.zeros((1, 12, 12, 1)))
@@ -169,6 +186,8 @@ def test_bad_model_input_raises_clear_errors():
         layers.Coupling(4).init(jax.random.key(0), jnp.zeros((1, 2, 2, 3)))
     with pytest.raises(ValueError, match=r"`permutation` must be one of"):
         MultiScaleFlow(SHAPE, permutation="shuffle").init(jax.random.key(0), jnp.zeros((1, *SHAPE)))
+    with pytest.raises(ValueError, match=r"`remat` must be one of \('auto', 'on', 'off'\); got True"):
+        MultiScaleFlow(SHAPE, remat=True).init(jax.random.key(0), jnp.zeros((1, *SHAPE)))
     with pytest.raises(ValueError, match=r"`z` must have shape \[B, D\] = \[B, 64\]; got shape \(2, 63\)"):
         model.apply(variables, jnp.zeros((2, 63)), inverse=True)
 

@@ -205,16 +205,24 @@ class LearnedPrior(Bijector):
         )
 
 
-def scan_steps(step: FlowStep, x, *, depth: int, inverse: bool):
+def scan_steps(step: FlowStep, x, *, depth: int, inverse: bool, remat: bool = False):
     """Applies ``depth`` copies of ``step`` (parameters stacked on a leading axis) with
     ``nn.scan``, so compile time does not grow with depth. The inverse runs the same scan
-    backwards over the same parameters."""
+    backwards over the same parameters.
+
+    ``remat``: recompute each step's forward pass in the backward pass (``nn.remat``) instead
+    of stacking its intermediates over depth. It trades a third more arithmetic for writing,
+    zero-filling and reading back every intermediate of every step; on the 2-core CPU that
+    makes the benchmark Glow's train step 12% faster (326–337 → 286 ms).
+    """
 
     def body(module, carry, _):
         h, log_det = carry
         h, d = module(h, inverse=inverse)
         return (h, log_det + d), None
 
+    if remat:
+        body = nn.remat(body, prevent_cse=False)  # inside a scan CSE cannot undo the recompute
     scan = nn.scan(
         body, variable_axes={"params": 0}, split_rngs={"params": True}, length=depth, reverse=inverse
     )
