@@ -10,7 +10,8 @@ Shapes (B batch, I input/child capsules, J output/parent capsules, D or P pose s
 * ``em_routing(votes[B, I, J, P], activations_in[B, I], beta_u, beta_a)`` ->
   ``(pose_mean[B, J, P], activations_out[B, J])``.
 * ``conv_capsule_votes(poses[B, H, W, C, 4, 4], weights[K, K, C, D, 4, 4], stride)`` ->
-  votes ``[B, H', W', K*K*C, D, 16]``: convolutional matrix capsules from patches.
+  votes ``[B, H', W', K*K*C, D, 16]``: convolutional matrix capsules from patches; the
+  4×4 pose products are ``pose_products``, with a hand-written VJP.
 
 Every function checks its arguments eagerly and raises a ValueError naming the argument,
 the expected shape and the received one. Each has a ``*_reference`` twin written as plain
@@ -412,10 +413,49 @@ def conv_capsule_votes(poses, weights, *, stride=1):
         raise _shape_error(fn, "weights", f"[K, K, C, D, 4, 4] with C = {c}", w_shape)
     k, d = w_shape[0], w_shape[3]
     patches = extract_patches(poses, k, stride)  # [B, H', W', K*K, C, 4, 4]
-    w = weights.reshape(k * k, c, d, 4, 4)
-    votes = jnp.einsum("bhwkcxy,kcdyz->bhwkcdxz", patches, w)
+    votes = pose_products(patches, weights.reshape(k * k, c, d, 4, 4))
     b, ho, wo = votes.shape[:3]
     return votes.reshape(b, ho, wo, k * k * c, d, 16)
+
+
+@jax.custom_vjp
+def pose_products(patches, weights):
+    """``votes[..., k, c, d, x, z] = Σ_y patches[..., k, c, x, y] · weights[k, c, d, y, z]``:
+    every child pose times every transform of its (offset, type), as four broadcast
+    multiply-adds and, going back, eight reductions.
+
+    Why not ``jnp.einsum``: the product contracts over 4 entries, so as a dot XLA:CPU lays
+    the votes out with the batch dimensions innermost and transposes them (and their
+    gradient) around it. In the small EMCapsNet's train step (batch 64) those transposes
+    took about 1.1 of its 2.8 s; with this VJP the step took 2.3 s (ad hoc profiles).
+
+    Args:
+      patches: ``[..., K, C, 4, 4]``; weights: ``[K, C, D, 4, 4]``.
+    Returns:
+      ``[..., K, C, D, 4, 4]``.
+    """
+    return _pose_products(patches, weights)
+
+
+def _pose_products(patches, weights):
+    return sum(patches[..., None, :, y, None] * weights[..., y, None, :] for y in range(4))
+
+
+def _pose_products_fwd(patches, weights):
+    return _pose_products(patches, weights), (patches, weights)
+
+
+def _pose_products_bwd(residuals, g):  # g: [..., K, C, D, 4(x), 4(z)]
+    patches, weights = residuals
+    batch_axes = tuple(range(g.ndim - 5))
+    d_patches = jnp.stack([jnp.sum(g * weights[..., y, None, :], axis=(-3, -1)) for y in range(4)], axis=-1)
+    d_weights = jnp.stack(
+        [jnp.sum(patches[..., None, :, y, None] * g, axis=(*batch_axes, -2)) for y in range(4)], axis=-2
+    )
+    return d_patches, d_weights
+
+
+pose_products.defvjp(_pose_products_fwd, _pose_products_bwd)
 
 
 def conv_capsule_votes_reference(poses, weights, *, stride=1):

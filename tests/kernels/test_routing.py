@@ -282,6 +282,23 @@ def test_conv_capsule_votes_matches_reference(rng, stride):
     assert_close(fast, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_pose_products_vjp_equals_autodiff_of_the_einsum(rng):
+    """The hand-written backward of the votes against autodiff of the plain contraction,
+    with two batch axes and a cotangent that is not a function of the output."""
+    patches = rng.normal(size=(2, 3, 5, 3, 4, 4)).astype(np.float32)
+    weights = rng.normal(size=(5, 3, 2, 4, 4)).astype(np.float32)
+    probe = rng.normal(size=(2, 3, 5, 3, 2, 4, 4)).astype(np.float32)
+
+    def einsum(p, w):
+        return jnp.einsum("abkcxy,kcdyz->abkcdxz", p, w)
+
+    assert_close(jax.jit(routing.pose_products)(patches, weights), einsum(patches, weights), rtol=1e-5, atol=1e-5)
+    want = jax.grad(lambda p, w: jnp.sum(einsum(p, w) * probe), argnums=(0, 1))(patches, weights)
+    got = jax.jit(jax.grad(lambda p, w: jnp.sum(routing.pose_products(p, w) * probe), argnums=(0, 1)))(patches, weights)
+    for a, b in zip(got, want):
+        assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
 def test_conv_capsule_votes_rejects_bad_weights():
     with pytest.raises(ValueError, match=r"`weights` must have shape \[K, K, C, D, 4, 4\] with C = 3"):
         routing.conv_capsule_votes(np.zeros((1, 5, 5, 3, 4, 4), np.float32), np.zeros((3, 3, 2, 2, 4, 4), np.float32))
