@@ -297,6 +297,10 @@ def test_pose_products_vjp_equals_autodiff_of_the_einsum(rng):
     got = jax.jit(jax.grad(lambda p, w: jnp.sum(routing.pose_products(p, w) * probe), argnums=(0, 1)))(patches, weights)
     for a, b in zip(got, want):
         assert_close(a, b, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match=r"`weights` must have shape \[K, C, D, 4, 4\] with K, C = \(5, 3\); got shape \(1, 3, 2, 4, 4\)"):
+        routing.pose_products(patches, weights[:1])
+    with pytest.raises(ValueError, match=r"`patches` must have shape \[\.\.\., K, C, 4, 4\]; got shape \(2, 3, 5, 3, 4, 3\)"):
+        routing.pose_products(patches[..., :3], weights)
 
 
 def test_conv_capsule_votes_rejects_bad_weights():

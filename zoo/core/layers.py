@@ -81,8 +81,8 @@ def space_to_depth_conv(x, kernel, stride: int):
     b, h, w, c = x.shape
     kh, kw, _, f = kernel.shape
     s = stride
-    if kh % s or kw % s:
-        raise ValueError(f"space_to_depth_conv: kernel sides must be multiples of `stride` {s}; got {kh}×{kw}")
+    if s < 1 or kh % s or kw % s:
+        raise ValueError(f"space_to_depth_conv: `kernel` sides must be multiples of `stride` {s} >= 1; got {kh}×{kw}")
     th, tw = kh // s, kw // s
     ho, wo = (h - kh) // s + 1, (w - kw) // s + 1
     hh, ww = s * (ho + th - 1), s * (wo + tw - 1)  # the rows and columns any output reads
@@ -93,8 +93,8 @@ def space_to_depth_conv(x, kernel, stride: int):
 
 
 def cpu_conv(x, kernel, stride: int):
-    """The cheapest of :func:`im2col_conv`, :func:`space_to_depth_conv` and
-    :func:`shift_add_conv` for this shape."""
+    """:func:`im2col_conv`, :func:`space_to_depth_conv` or :func:`shift_add_conv`, chosen by
+    shape (the cheapest in the measurements quoted in their docstrings)."""
     kh, kw, c, f = kernel.shape
     if stride == 1 and kh * kw > 1 and f < c:
         return shift_add_conv(x, kernel)
