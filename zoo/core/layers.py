@@ -183,9 +183,7 @@ def col2im_conv_transpose(x, kernel, stride: int, padding: int):
         for a in range(t)
         for a2 in range(t)
     )  # [B, H + t − 1, W + t − 1, s(r), s(r2), F]
-    full = full.transpose(0, 1, 3, 2, 4, 5).reshape(b, (h + t - 1) * s, (w + t - 1) * s, f)
-    out_h, out_w = (h - 1) * s + k - 2 * padding, (w - 1) * s + k - 2 * padding
-    return full[:, padding : padding + out_h, padding : padding + out_w]
+    return _interleave_phases(full, padding)
 
 
 def subpixel_conv_transpose(x, kernel, stride: int, padding: int):
@@ -209,11 +207,18 @@ def subpixel_conv_transpose(x, kernel, stride: int, padding: int):
     taps = kernel.reshape(t, s, t, s, c, f)[::-1, :, ::-1]  # [e, r, e2, r2, C, F]
     taps = taps.transpose(0, 2, 4, 1, 3, 5).reshape(t, t, c, s * s * f)  # output channels (r, r2, F)
     padded = jnp.pad(x, ((0, 0), (t - 1, t - 1), (t - 1, t - 1), (0, 0)))
-    hh, ww = h + t - 1, w + t - 1
-    phases = im2col_conv(padded, taps, 1).reshape(b, hh, ww, s, s, f)
+    phases = im2col_conv(padded, taps, 1).reshape(b, h + t - 1, w + t - 1, s, s, f)
+    return _interleave_phases(phases, padding)
+
+
+def _interleave_phases(phases, padding: int):
+    """Output phases ``[B, H', W', s, s, F]`` (row phase, column phase) -> the image
+    ``[B, s·H' − 2p, s·W' − 2p, F]``: full-output row ``s·m + r`` is phase ``r`` of row ``m``,
+    then ``p`` rows and columns are cropped from each side (``s·H' − 2p = (H − 1)·s + k − 2p``
+    with ``H' = H + k/s − 1``)."""
+    b, hh, ww, s, _, f = phases.shape
     full = phases.transpose(0, 1, 3, 2, 4, 5).reshape(b, hh * s, ww * s, f)
-    out_h, out_w = (h - 1) * s + k - 2 * padding, (w - 1) * s + k - 2 * padding
-    return full[:, padding : padding + out_h, padding : padding + out_w]
+    return full[:, padding : hh * s - padding, padding : ww * s - padding]
 
 
 def cpu_conv_transpose(x, kernel, stride: int, padding: int):
@@ -228,7 +233,7 @@ def cpu_conv_transpose(x, kernel, stride: int, padding: int):
     ties on the 28×28 one; under the test suite's compile flags (``tests/conftest.py``) sub-pixel
     is 1.7–4× faster on the wide layers.
     """
-    b, h, w, c = x.shape
+    _, h, w, c = x.shape
     k, f = kernel.shape[0], kernel.shape[-1]
     t = k // stride
     border = (h + t - 1) * (w + t - 1) / (h * w)
