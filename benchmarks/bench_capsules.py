@@ -16,7 +16,7 @@ Two sections, every input float32 from one numpy seed:
   margin + 0.0005 × reconstruction loss) and EMCapsNet (``configs/em_capsnet.py`` sizes,
   spread loss, margin 0.2) on random images in [0, 1] and random labels. The zoo's step is
   the one ``zoo train`` runs (``zoo.core.train.make_train_step`` on the capsule task's loss
-  and optimizer, one device); the peer is ``benchmarks/peers/capsules_torch.py``, plain
+  and optimizer, one device, with the config's ``train.cpu_compiler_options``); the peer is ``benchmarks/peers/capsules_torch.py``, plain
   PyTorch eager, starting from the same weights (the JAX init copied in). Check: both
   steps' first loss (at those weights, same batch) agree.
 
@@ -217,7 +217,7 @@ def bench_zoo_step(model: str, batch: dict, args) -> tuple[dict, dict]:
     """The zoo's jitted train step (as ``zoo train`` builds it). Returns (row, initial params)."""
     from zoo.capsules import task as capsule_task
     from zoo.core import parallel
-    from zoo.core.train import Task, init_state, make_train_step
+    from zoo.core.train import Task, cpu_compiler_options, init_state, make_train_step
 
     config = _config(model, args.quick)
     config.data.batch_size = len(batch["labels"])
@@ -240,7 +240,7 @@ def bench_zoo_step(model: str, batch: dict, args) -> tuple[dict, dict]:
     state = init_state(task, init_key, mesh)
     params0 = jax.device_get(state.params)  # before the first step donates the state
     device_batch = parallel.shard_batch(batch, mesh)
-    step = make_train_step(task, mesh)
+    step = make_train_step(task, mesh, compiler_options=cpu_compiler_options(config.train, mesh))  # as `zoo train`
 
     t0 = time.perf_counter()
     lowered = step.lower(state, device_batch, loop_key)

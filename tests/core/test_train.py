@@ -10,7 +10,9 @@ import optax
 import pytest
 
 from zoo.core import NonFiniteLossError, Task, apply_overrides, load_config, train_and_evaluate
+from zoo.core import parallel
 from zoo.core.checkpoint import Checkpointer
+from zoo.core.train import cpu_compiler_options
 
 DIM = 6
 
@@ -106,6 +108,23 @@ def test_data_parallel_over_four_devices_matches_one_device(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     loss = lambda d: [json.loads(l)["loss"] for l in (tmp_path / d / "metrics.jsonl").read_text().splitlines() if '"train"' in l]  # noqa: E731
     np.testing.assert_allclose(loss("one"), loss("four"), rtol=1e-5)
+
+
+OPTION = "xla_cpu_experimental_ynn_fusion_type"  # which library fusions XLA:CPU hands to YNNPACK
+
+
+def test_cpu_compiler_options_reach_the_train_steps_compile(tmp_path):
+    """``train.cpu_compiler_options`` are passed to XLA (a bad value is XLA's error), and a
+    real one changes how the step compiles, not what it computes."""
+    mesh = parallel.data_mesh(1)
+    assert cpu_compiler_options(toy_config(), mesh) is None  # the key is optional (old run dirs)
+    assert cpu_compiler_options(toy_config(cpu_compiler_options={}), mesh) is None
+    with pytest.raises(Exception, match=r"xla_cpu_experimental_ynn_fusion_type.*'BOGUS' is not a valid"):
+        train_and_evaluate(toy_config(cpu_compiler_options={OPTION: "BOGUS"}), tmp_path / "bad", toy_task())
+    plain, _ = train_and_evaluate(toy_config(), tmp_path / "plain", toy_task())
+    dots, _ = train_and_evaluate(toy_config(cpu_compiler_options={OPTION: "LIBRARY_FUSION_TYPE_DOT"}), tmp_path / "dots", toy_task())
+    for a, b in zip(leaves(plain.params), leaves(dots.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_batch_not_divisible_by_devices_is_a_clear_error(tmp_path):

@@ -83,12 +83,26 @@ class NonFiniteLossError(RuntimeError):
     """Raised when the training loss becomes NaN or Inf."""
 
 
-def make_train_step(task: Task, mesh, *, inject_nan_at_step: int = -1):
+def cpu_compiler_options(train_cfg, mesh) -> dict[str, Any] | None:
+    """``train.cpu_compiler_options`` as a dict when ``mesh`` holds CPU devices, else ``None``.
+
+    XLA:CPU options for one model's train step, passed to its ``jax.jit``: a model whose
+    step XLA's CPU defaults serve badly sets them in its config (``em_capsnet`` keeps
+    YNNPACK to dots). They are XLA:CPU's, so other backends never see them.
+    """
+    options = train_cfg.get("cpu_compiler_options") or {}
+    if not options or mesh.devices.flat[0].platform != "cpu":
+        return None
+    return dict(options)
+
+
+def make_train_step(task: Task, mesh, *, inject_nan_at_step: int = -1, compiler_options: dict | None = None):
     """Returns ``train_step(state, batch, loop_key) -> (state, metrics)``, jitted, state donated.
 
     ``inject_nan_at_step`` (>= 0) poisons the loss and gradients of that step: a fault
     injection hook used by the tests of the NaN guard, off by default (and not applied to
-    a task's own ``update``).
+    a task's own ``update``). ``compiler_options``: XLA options for this jit
+    (:func:`cpu_compiler_options` gives a config's).
     """
 
     def train_step(state: TrainState, batch: Batch, loop_key: jax.Array):
@@ -113,6 +127,7 @@ def make_train_step(task: Task, mesh, *, inject_nan_at_step: int = -1):
         in_shardings=(replicated, parallel.batch_sharded(mesh), replicated),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
+        compiler_options=compiler_options,
     )
 
 
@@ -158,7 +173,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, t
     save_config(config, workdir / "config.json")
     writer = MetricWriter(workdir)
 
-    train_step = make_train_step(task, mesh, inject_nan_at_step=train_cfg.get("inject_nan_at_step", -1))
+    train_step = make_train_step(
+        task, mesh, inject_nan_at_step=train_cfg.get("inject_nan_at_step", -1),
+        compiler_options=cpu_compiler_options(train_cfg, mesh),
+    )  # fmt: skip
     num_steps = train_cfg.num_steps
     batches = task.train_batches(start_step)
 

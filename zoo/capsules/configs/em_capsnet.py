@@ -7,6 +7,7 @@ smallNORB (tfds, needs network; 96×96 images resized to 32×32, 5 classes):
 """
 
 from zoo.capsules.configs.common import base_config, check_variant, smoke
+from zoo.core.config import YNNPACK_DOTS_ONLY
 
 
 def get_config(arg: str = ""):
@@ -22,6 +23,7 @@ def get_config(arg: str = ""):
     c.loss.margin_steps = 2000
     c.train.num_steps = 5000
     c.train.eval_every = 1000
+    c.train.cpu_compiler_options = YNNPACK_DOTS_ONLY  # step 2.0 -> 1.7 s on the 2-core CPU
     if arg == "smallnorb":
         c.data.name = "tfds:smallnorb"
         c.data.resize = 32

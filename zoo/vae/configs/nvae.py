@@ -22,6 +22,7 @@ Variants (each with a ``_smoke`` twin; ``smoke`` is the base one):
 
 import ml_collections
 
+from zoo.core.config import YNNPACK_DOTS_ONLY
 from zoo.vae.configs.common import check_variant, train_defaults
 
 BASES = ("", "binary", "mnist")
@@ -46,6 +47,7 @@ def get_config(arg: str = ""):
     c.eval = dict(iwae_k=(5,), noise_seed=1, num_samples=64, num_reconstructions=32, temperatures=(1.0, 0.7),
                   readjust_bn_batches=20)  # fmt: skip
     c.train = train_defaults(num_steps=1500, log_every=50, ckpt_every=500)
+    c.train.cpu_compiler_options = YNNPACK_DOTS_ONLY  # step 1.09 -> 0.96 s on the 2-core CPU
     if base in ("binary", "mnist"):
         c.data.binarize = "dynamic"
         c.model.likelihood = "bernoulli"
