@@ -90,7 +90,7 @@ def check_variant(name: str, arg: str, known=("", "smoke")):
 # broadcast products (EM routing, NVAE's cells): XLA:CPU hands only dots to YNNPACK and
 # fuses the reductions itself. YNNPACK's reduction fusions do not take in a broadcast, so
 # XLA first wrote each broadcast operand out at full size. Measured on the 2-core CPU (ad
-# hoc A/B, same process): EMCapsNet's step 2.0 -> 1.7 s, NVAE's 1.09 -> 0.96 s; CapsNet,
+# hoc A/B, same process): EMCapsNet's step 2.1 -> 1.3 s, NVAE's 1.09 -> 0.96 s; CapsNet,
 # Glow, RealNVP, DCGAN and the CRF got 15-50% slower, so it is not the default.
 YNNPACK_DOTS_ONLY = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
