@@ -16,8 +16,9 @@ Two sections, every input float32 from one numpy seed:
   margin + 0.0005 × reconstruction loss) and EMCapsNet (``configs/em_capsnet.py`` sizes,
   spread loss, margin 0.2) on random images in [0, 1] and random labels. The zoo's step is
   the one ``zoo train`` runs (``zoo.core.train.make_train_step`` on the capsule task's loss
-  and optimizer, one device, with the config's ``train.cpu_compiler_options``); the peer is ``benchmarks/peers/capsules_torch.py``, plain
-  PyTorch eager, starting from the same weights (the JAX init copied in). Check: both
+  and optimizer, one device, with the config's ``train.cpu_compiler_options``); the peer is
+  ``benchmarks/peers/capsules_torch.py``, plain PyTorch eager, starting from the same
+  weights (the JAX init copied in). Check: both
   steps' first loss (at those weights, same batch) agree.
 
 Run: ``python -m benchmarks.run capsules [--capsnet-batch 100] [--em-batch 64] [--warmup 1]
