@@ -33,6 +33,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from kernels.reductions import sums
+
 VARIANTS = ("sabour", "su")
 _SQUASH_C = {"sabour": 1.0, "su": 0.5}  # Hinton's constant; the author's 0.5 (post 4819)
 _L2_EPS = 1e-12  # Keras' l2_normalize floor, as in bojone/Capsule
@@ -472,23 +474,16 @@ def _pose_products_bwd(residuals, g):  # g: [..., K, C, D, 4(x), 4(z)]
     patches, weights = residuals
     last = g.ndim - 1  # axes of g: [..., K, C, D(last-2), x(last-1), z(last)]
     d_patches = jnp.stack(
-        _sums([g * weights[:, :, :, None, y, :] for y in range(4)], axes=(last - 2, last)), axis=-1
+        sums([g * weights[:, :, :, None, y, :] for y in range(4)], axes=(last - 2, last)), axis=-1
     )  # [..., K, C, x, y]
     per_example = jnp.stack(
-        _sums([g * patches[..., None, :, y, None] for y in range(4)], axes=(last - 1,)), axis=-2
+        sums([g * patches[..., None, :, y, None] for y in range(4)], axes=(last - 1,)), axis=-2
     )  # [..., K, C, D, y, z]
     # The sum over the batch axes as a product with ones: written as a reduction, XLA fuses
     # it with the sum over x above into one slower loop nest (step 1.38 s instead of 1.25).
     rows = per_example.reshape(-1, math.prod(weights.shape))
     d_weights = (jnp.ones((rows.shape[0],), rows.dtype) @ rows).reshape(weights.shape)
     return d_patches.astype(patches.dtype), d_weights.astype(weights.dtype)
-
-
-def _sums(terms, axes):
-    """``[jnp.sum(t, axes) for t in terms]`` (same-shaped ``terms``) as one variadic
-    ``lax.reduce``: a producer the terms share is computed once per element, not once per term."""
-    zeros = tuple(jnp.zeros((), t.dtype) for t in terms)
-    return jax.lax.reduce(tuple(terms), zeros, lambda xs, ys: tuple(x + y for x, y in zip(xs, ys)), axes)
 
 
 _pose_products_vjp.defvjp(_pose_products_fwd, _pose_products_bwd)
