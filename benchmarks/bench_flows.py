@@ -218,10 +218,26 @@ def bench_compile(args) -> list[dict]:
 
 
 def bench_train(args, torch_ok: bool) -> list[dict]:
+    """Equal-budget training of both Glows, once per seed in ``--seeds`` (one row per impl and seed),
+    then one ``mean`` row per impl: test bpd differences between seeds are the noise floor."""
+    records = []
+    for seed in args.seeds:
+        records += _train_one_seed(args, torch_ok, seed)
+    if len(args.seeds) > 1:
+        for impl in dict.fromkeys(r["impl"] for r in records):
+            bpds = [r["test_bpd"] for r in records if r["impl"] == impl]
+            records.append({"section": "train", "task": records[0]["task"], "impl": impl, "seed": "mean",
+                            "test_bpd": float(np.mean(bpds)), "test_bpd_std": float(np.std(bpds, ddof=1)),
+                            "check_ok": all(r["check_ok"] for r in records if r["impl"] == impl)})  # fmt: skip
+    return records
+
+
+def _train_one_seed(args, torch_ok: bool, seed: int) -> list[dict]:
     from zoo.core.train import train_and_evaluate
     from zoo.flows import task as flow_task
 
     config = _glow_config(args)
+    config.seed = seed
     config.train.update(num_steps=args.train_steps, progress=False, log_every=100, ckpt_every=args.train_steps)
     config.data.name = args.dataset
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="flows-bench-train-"))
@@ -231,7 +247,7 @@ def bench_train(args, torch_ok: bool) -> list[dict]:
     lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     rates = [r["steps_per_sec"] for r in lines if r["split"] == "train" and "steps_per_sec" in r][1:]
     zoo = {"section": "train", "task": f"glow {args.dataset} {args.train_steps} steps", "impl": "zoo-jax",
-           "test_bpd": ev["test_bpd"], "median_ms": 1e3 / float(np.median(rates)) if rates else None,
+           "seed": seed, "test_bpd": ev["test_bpd"], "median_ms": 1e3 / float(np.median(rates)) if rates else None,
            "wall_s": wall, "check_ok": bool(np.isfinite(ev["test_bpd"]))}  # fmt: skip
     records = [zoo]
     if torch_ok:
@@ -243,14 +259,15 @@ def bench_train(args, torch_ok: bool) -> list[dict]:
         r = flows_torch.train(train_images, test_images, levels=args.levels, depth=args.depth, width=args.width,
                               batch_size=args.batch, num_steps=args.train_steps, learning_rate=config.optim.learning_rate,
                               warmup_steps=config.optim.warmup_steps, grad_clip=config.optim.grad_clip,
-                              seed=config.seed)  # fmt: skip
-        records.append({"section": "train", "task": zoo["task"], "impl": "normflows-torch", "test_bpd": r["test_bpd"],
-                        "median_ms": 1e3 * r["step_time_s_median"], "wall_s": time.perf_counter() - t0,
-                        "num_params": r["num_params"], "check_ok": bool(np.isfinite(r["test_bpd"]))})  # fmt: skip
+                              seed=seed)  # fmt: skip
+        records.append({"section": "train", "task": zoo["task"], "impl": "normflows-torch", "seed": seed,
+                        "test_bpd": r["test_bpd"], "median_ms": 1e3 * r["step_time_s_median"],
+                        "wall_s": time.perf_counter() - t0, "num_params": r["num_params"],
+                        "check_ok": bool(np.isfinite(r["test_bpd"]))})  # fmt: skip
     for rec in records:
         if rec["median_ms"] and zoo["median_ms"]:
             rec["time_vs_zoo"] = rec["median_ms"] / zoo["median_ms"]
-    print("train: " + "; ".join(f"{r['impl']} test bpd {r['test_bpd']:.3f}" for r in records), flush=True)
+    print(f"train, seed {seed}: " + "; ".join(f"{r['impl']} test bpd {r['test_bpd']:.3f}" for r in records), flush=True)
     return records
 
 
@@ -270,12 +287,22 @@ def markdown(env: dict, command: str, records: list[dict], notes: list[str]) -> 
         "compile": ("Compile time of one level's gradient vs depth", [
             "impl", "depth", "lower_ms", "compile_ms", "hlo_chars"]),
         "train": ("Equal-budget training", [
-            "task", "impl", "test_bpd", ("median_ms", "median ms/step"), ("time_vs_zoo", "time / zoo"), "wall_s",
+            "task", "impl", "seed", "test_bpd", ("test_bpd_std", "std over seeds"), ("median_ms", "median ms/step"), ("time_vs_zoo", "time / zoo"), "wall_s",
             "num_params", "check_ok"]),
     }  # fmt: skip
     protocol = ("median and p90 of timed calls after warm-up; JAX calls end in block_until_ready; compile "
                 "time measured separately; 'time / zoo' > 1 means the zoo is that many times faster.")
     return harness.markdown_report("Flows benchmark", env, command, protocol, sections, records, notes)
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds must be comma-separated integers, e.g. 0,1,2; got {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds must not repeat a seed; got {text!r}")
+    return seeds
 
 
 def _parser():
@@ -288,6 +315,7 @@ def _parser():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--train-steps", type=int, default=1500)
+    p.add_argument("--seeds", type=_seeds, default=(0,), help="comma-separated seeds of the training comparison (default 0)")
     p.add_argument("--dataset", default="fashion_mnist")
     p.add_argument("--quick", action="store_true", help="tiny shapes, 2 repeats; writes to a temporary folder unless --out")
     p.add_argument("--out", type=pathlib.Path, default=None)

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from benchmarks import bench_flows, run
 
 
@@ -19,3 +21,30 @@ def test_quick_run_writes_results(tmp_path):
     assert all(r["check_ok"] for r in results)
     assert {r["impl"] for r in results if r["section"] == "logdet"} == {"lu", "slogdet"}
     assert "## LU log-det vs slogdet" in md.read_text()
+
+
+def test_seeds_option_parses_and_rejects_bad_lists():
+    parse = bench_flows._parser().parse_args
+    assert parse(["--seeds", "0,1,2"]).seeds == (0, 1, 2)
+    assert parse([]).seeds == (0,)
+    for bad in ("0,a", "1,1"):
+        with pytest.raises(SystemExit):
+            parse(["--seeds", bad])
+
+
+def test_training_comparison_adds_a_mean_row_per_impl(monkeypatch):
+    """One row per impl and seed, then per impl the mean and sample std of the seeds' test bpd."""
+    bpd = {("zoo-jax", 0): 4.0, ("zoo-jax", 1): 4.2, ("normflows-torch", 0): 4.1, ("normflows-torch", 1): 4.5}
+
+    def fake_run(args, torch_ok, seed):
+        return [{"section": "train", "task": "t", "impl": impl, "seed": seed, "test_bpd": bpd[impl, seed],
+                 "check_ok": True} for impl in ("zoo-jax", "normflows-torch")]  # fmt: skip
+
+    monkeypatch.setattr(bench_flows, "_train_one_seed", fake_run)
+    args = bench_flows._parser().parse_args(["--seeds", "0,1"])
+    rows = bench_flows.bench_train(args, torch_ok=True)
+    means = {r["impl"]: r for r in rows if r["seed"] == "mean"}
+    assert len(rows) == 6 and set(means) == {"zoo-jax", "normflows-torch"}
+    assert means["zoo-jax"]["test_bpd"] == pytest.approx(4.1)
+    assert means["zoo-jax"]["test_bpd_std"] == pytest.approx(0.2 / 2**0.5)
+    assert means["normflows-torch"]["test_bpd"] == pytest.approx(4.3)

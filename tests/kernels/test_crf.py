@@ -95,14 +95,23 @@ def test_sequence_score_and_likelihood_gradients(rng, with_se, scheme, method):
         score, crf.crf_sequence_score_reference(e, tr, lengths, tags, **kw), atol=ATOL, rtol=1e-6
     )
 
-    def total_ll(e, tr):
-        return jnp.sum(crf.crf_log_likelihood(e, tr, lengths, tags, method=method, **kw))
+    def total_ll(e, tr, st, en):
+        return jnp.sum(crf.crf_log_likelihood(e, tr, lengths, tags, method=method, start=st, end=en, allowed=allowed))
 
-    grad_e, grad_tr = jax.grad(total_ll, argnums=(0, 1))(e, tr)
+    argnums = (0, 1, 2, 3) if with_se else (0, 1)
+    grads = jax.grad(total_ll, argnums=argnums)(e, tr, st, en)
+    grad_e, grad_tr = grads[:2]
     oracle = crf.crf_brute_force(e, tr, lengths, **kw)
     valid = np.arange(e.shape[1])[None, :] < lengths[:, None]
     onehot = np.eye(k)[tags] * valid[..., None]
     np.testing.assert_allclose(grad_e, onehot - oracle["marginals"], atol=ATOL)
+    if with_se:
+        # d / d start = gold first tags − first-position marginals; d / d end the same at each last position.
+        last = lengths - 1
+        batch = np.arange(len(lengths))
+        np.testing.assert_allclose(grads[2], (onehot[:, 0] - oracle["marginals"][:, 0]).sum(0), atol=ATOL)
+        expected_end = (onehot[batch, last] - oracle["marginals"][batch, last]).sum(0)
+        np.testing.assert_allclose(grads[3], expected_end, atol=ATOL)
 
     # Pair marginals by brute force: P(y_t = i, y_{t+1} = j), summed over t and batch.
     expected_tr = np.zeros((k, k))
@@ -288,9 +297,20 @@ def test_allowed_transitions_tables():
 
 
 def test_crf_is_differentiable_under_vmap_with_constraints(rng):
-    """Constraints enter as constants: no gradient flows into forbidden entries."""
+    """Constraints enter as constants: no gradient flows into forbidden entries; per-problem
+    gradients under ``jax.vmap`` over a stack of problems equal the ones computed one by one."""
     allowed = crf.allowed_transitions("BIO", SCHEMES["BIO"])
-    e, tr, lengths, _, _, _ = random_problem(rng)
-    tags = valid_tags(rng, allowed, lengths, e.shape[1])
-    g = jax.grad(lambda tr: jnp.sum(crf.crf_log_likelihood(e, tr, lengths, tags, allowed=allowed)))(tr)
-    assert np.all(np.asarray(g)[~allowed.pairs] == 0)
+    problems = [random_problem(rng) for _ in range(3)]
+    e = np.stack([p[0] for p in problems])
+    tr = np.stack([p[1] for p in problems])
+    lengths = np.stack([p[2] for p in problems])
+    tags = np.stack([valid_tags(rng, allowed, p[2], e.shape[2]) for p in problems])
+
+    def grad_one(e, tr, lengths, tags):
+        return jax.grad(lambda tr: jnp.sum(crf.crf_log_likelihood(e, tr, lengths, tags, allowed=allowed)))(tr)
+
+    batched = jax.vmap(grad_one)(e, tr, lengths, tags)
+    for i in range(len(problems)):
+        np.testing.assert_allclose(batched[i], grad_one(e[i], tr[i], lengths[i], tags[i]), atol=ATOL)
+        assert np.all(np.asarray(batched[i])[~allowed.pairs] == 0)
+        assert np.any(np.asarray(batched[i])[allowed.pairs] != 0)
