@@ -66,11 +66,11 @@ def test_model_round_trips_and_log_det_equals_slogdet_of_the_jacobian(name):
     assert z.shape == (4, 64) and log_det.shape == (4,)
     x_back, inv_log_det = apply(variables, z, inverse=True)
     np.testing.assert_allclose(x_back, x, atol=1e-4)
-    np.testing.assert_allclose(inv_log_det, -log_det, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(inv_log_det, -log_det, rtol=1e-5, atol=1e-5)
     jac = jax.jit(jax.jacfwd(lambda v: apply(variables, v.reshape(1, *SHAPE))[0][0]))
     for n in range(2):
         want = jnp.linalg.slogdet(jac(x[n].reshape(-1)))[1]
-        np.testing.assert_allclose(float(log_det[n]), float(want), rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(float(log_det[n]), float(want), rtol=1e-5, atol=1e-5)
 
 
 def test_layers_round_trip_with_exact_log_dets(rng):
@@ -81,10 +81,10 @@ def test_layers_round_trip_with_exact_log_dets(rng):
         y, log_det = layer.forward_and_log_det(variables, x)
         x_back, inv = layer.inverse_and_log_det(variables, y)
         np.testing.assert_allclose(x_back, x, atol=1e-4, err_msg=type(layer).__name__)
-        np.testing.assert_allclose(inv, -log_det, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(inv, -log_det, rtol=1e-5, atol=1e-5)
         jac = jax.jacfwd(lambda v: layer.forward_and_log_det(variables, v.reshape(1, 4, 4, 4))[0].reshape(-1))
         want = jnp.linalg.slogdet(jac(x[0].reshape(-1)))[1]
-        np.testing.assert_allclose(float(log_det[0]), float(want), rtol=1e-3, atol=1e-3, err_msg=type(layer).__name__)
+        np.testing.assert_allclose(float(log_det[0]), float(want), rtol=1e-5, atol=1e-5, err_msg=type(layer).__name__)
 
 
 def test_actnorm_data_init_gives_zero_mean_unit_variance_on_the_init_batch(rng):
@@ -238,7 +238,7 @@ def test_round_trip_holds_after_training_steps_and_no_recompile(tmp_path, monkey
     z, log_det = apply(variables, x)
     x_back, inv = apply(variables, z, inverse=True)
     np.testing.assert_allclose(x_back, x, atol=1e-4)
-    np.testing.assert_allclose(inv, -log_det, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(inv, -log_det, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("model,variant", [("glow", "author_smoke")])

@@ -20,12 +20,12 @@ def jacobian_log_det(fn, x):
     return float(logdet)
 
 
-def assert_log_det_matches_jacobian(bijection, x, rtol=1e-3):
+def assert_log_det_matches_jacobian(bijection, x, rtol=1e-5):
     """``bijection(x[B,...]) -> (y, log_det[B])``: every example's log-det vs the oracle."""
     _, log_det = bijection(x)
     for n in range(x.shape[0]):
         want = jacobian_log_det(lambda v: bijection(v[None])[0][0], x[n])
-        np.testing.assert_allclose(float(log_det[n]), want, rtol=rtol, atol=1e-4)
+        np.testing.assert_allclose(float(log_det[n]), want, rtol=rtol, atol=1e-5)
 
 
 def assert_round_trip(bijection, x, atol=1e-4):
@@ -124,7 +124,7 @@ def test_invertible_conv1x1_matches_reference(rng, inverse):
 
     args = (p["lower"], p["upper"], p["log_s"])
     for a, b in zip(grads(via_lu, args, probe), grads(via_reference, args, probe)):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_invertible_conv1x1_log_det_and_round_trip(rng):
