@@ -14,7 +14,7 @@ from zoo import cli
 from zoo.capsules import losses, task
 from zoo.capsules.model import CNNBaseline, SuCapsNet
 from zoo.core.layers import ValidConv, im2col_conv
-from zoo.data.images import Mnist5k, ZooFashionMnist, load_images, read_idx
+from zoo.data.images import ZooFashionMnist, load_images, read_idx
 
 
 # --------------------------------------------------------------------------- #
@@ -119,11 +119,27 @@ def test_two_digit_accuracy_counts_both_definitions():
     assert acc == {"two_digit_top2": 2 / 3, "two_digit_top2_confident": 1 / 3}
 
 
-def test_random_shift_keeps_content_and_zero_fills(rng):
-    images = np.zeros((2, 8, 8, 1), np.float32)
-    images[:, 3:5, 3:5] = 1.0
+def _translate(image, dy, dx):
+    """``image [H, W, C]`` moved by ``(dy, dx)`` pixels, what leaves the frame dropped, zeros coming in."""
+    out = np.zeros_like(image)
+    h, w = image.shape[:2]
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = image[max(-dy, 0) : h - max(dy, 0),
+                                                                           max(-dx, 0) : w - max(dx, 0)]  # fmt: skip
+    return out
+
+
+def test_random_shift_translates_each_image_with_zero_fill(rng):
+    """Every output is its input translated by some (dy, dx) in [−2, 2]² with zero fill (no wrap-around);
+    over 64 images several different shifts occur."""
+    images = rng.random((64, 8, 8, 1)).astype(np.float32) + 0.5  # no zeros inside: fill is visible
     shifted = task.random_shift(images, 2, rng)
-    assert shifted.shape == images.shape and np.all(shifted.sum(axis=(1, 2, 3)) == 4)
+    assert shifted.shape == images.shape
+    seen = set()
+    for image, out in zip(images, shifted):
+        matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if np.array_equal(out, _translate(image, dy, dx))]
+        assert len(matches) == 1, matches
+        seen.add(matches[0])
+    assert len(seen) >= 5 and seen != {(0, 0)}
     assert task.random_shift(images, 0, rng) is images
 
 

@@ -59,24 +59,31 @@ def test_refuses_globals_other_than_tensors_and_never_runs_them(tmp_path, capfd)
     assert "should-not-run" not in capfd.readouterr().out
 
 
-def _tensor_pickle(offset: int, size: int, stride: int) -> bytes:
-    """Protocol-2 opcodes of ``{"w": torch._utils._rebuild_tensor_v2(<storage "0" of 4 floats>,
-    offset, (size,), (stride,), False, {})}``, written by hand so no torch is needed."""
+def _text(t: str) -> bytes:
+    return b"X" + struct.pack("<I", len(t)) + t.encode()
 
-    def text(t):
-        return b"X" + struct.pack("<I", len(t)) + t.encode()
 
-    storage = b"(" + text("storage") + b"ctorch\nFloatStorage\n" + text("0") + text("cpu") + b"K\x04NtQ"  # legacy id: (..., numel, view=None)
+def _tensor_opcodes(offset: int, size: int, stride: int) -> bytes:
+    """Protocol-2 opcodes that push ``torch._utils._rebuild_tensor_v2(<storage "0" of 4 floats>,
+    offset, (size,), (stride,), False, {})``, written by hand so no torch is needed."""
+    storage = b"(" + _text("storage") + b"ctorch\nFloatStorage\n" + _text("0") + _text("cpu") + b"K\x04NtQ"  # legacy id: (..., numel, view=None)
     args = b"(" + storage + b"J" + struct.pack("<i", offset) + b"J" + struct.pack("<i", size) + b"\x85"
     args += b"J" + struct.pack("<i", stride) + b"\x85" + b"\x89}t"
-    return b"\x80\x02}" + text("w") + b"ctorch._utils\n_rebuild_tensor_v2\n" + args + b"Rs."
+    return b"ctorch._utils\n_rebuild_tensor_v2\n" + args + b"R"
 
 
-def _legacy_with_tensor(path, offset, size, stride):
+def _tensor_pickle(offset: int, size: int, stride: int) -> bytes:
+    """``{"w": <tensor>}``."""
+    return b"\x80\x02}" + _text("w") + _tensor_opcodes(offset, size, stride) + b"s."
+
+
+def _legacy_with_tensor(path, offset, size, stride, payload: bytes | None = None):
+    """A legacy torch.save file whose one storage holds 0, 1, 2, 3; ``payload`` replaces the
+    ``{"w": <tensor>}`` pickle."""
     with open(path, "wb") as f:
         for header in (LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL_VERSION, {"little_endian": True}):
             pickle.dump(header, f)
-        f.write(_tensor_pickle(offset, size, stride))
+        f.write(payload or _tensor_pickle(offset, size, stride))
         pickle.dump(["0"], f)
         f.write(struct.pack("<q", 4) + np.arange(4, dtype="<f4").tobytes())
 
@@ -115,6 +122,10 @@ def test_bad_files_raise_clear_errors(tmp_path):
 
 
 def test_a_checkpoint_dict_is_unwrapped(tmp_path):
-    torch = pytest.importorskip("torch")
-    torch.save({"epoch": 3, "state_dict": {"w": torch.ones(2)}}, tmp_path / "ckpt.pth")
-    assert list(load_torch_state_dict(tmp_path / "ckpt.pth")) == ["w"]
+    """``{"epoch": 3, "state_dict": {"w": <tensor>}}`` (a training checkpoint) reads as its state dict."""
+    checkpoint = (b"\x80\x02}" + _text("epoch") + b"K\x03s" + _text("state_dict") + b"}" + _text("w")
+                  + _tensor_opcodes(1, 2, 2) + b"ss.")  # fmt: skip
+    _legacy_with_tensor(tmp_path / "ckpt.pth", 0, 0, 0, payload=checkpoint)
+    got = load_torch_state_dict(tmp_path / "ckpt.pth")
+    assert list(got) == ["w"]
+    np.testing.assert_array_equal(got["w"], [1.0, 3.0])

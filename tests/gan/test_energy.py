@@ -126,8 +126,8 @@ Z = jnp.zeros((3, 2))
 @pytest.mark.parametrize(
     "kwargs, arg",
     [
-        ({"z0": jnp.zeros(3)}, "z0"),
-        ({"z0": jnp.zeros((3, 2), jnp.int32)}, "z0"),
+        ({"z0": jnp.zeros(3)}, "z0` must be latents of shape \\[B, Z\\] \\(rank 2\\); got shape \\(3,\\)"),
+        ({"z0": jnp.zeros((3, 2), jnp.int32)}, "z0` must be floating point; got dtype int32"),
         ({"key": jax.random.PRNGKey(0)}, "key"),
         ({"energy_fn": lambda z: jnp.sum(z**2)}, "energy_fn"),
         ({"energy_fn": None}, "energy_fn"),
@@ -136,8 +136,10 @@ Z = jnp.zeros((3, 2))
     ],
 )
 def test_sampler_bad_inputs_raise_naming_the_argument(sampler, kwargs, arg):
+    """``arg``: the argument's name, or (for ``z0``) the start of the exact message after it."""
     call = {"energy_fn": U, "key": KEY, "z0": Z, "step_size": 0.1, "num_steps": 2} | kwargs
-    with pytest.raises(ValueError, match=f"`{arg}`"):
+    pattern = f"`{arg}" if "`" in arg else rf"`{arg}`.* must .*; got "
+    with pytest.raises(ValueError, match=pattern):
         sampler(call.pop("energy_fn"), call.pop("key"), call.pop("z0"), **call)
 
 
@@ -153,5 +155,5 @@ def test_sampler_bad_inputs_raise_naming_the_argument(sampler, kwargs, arg):
     ],
 )
 def test_bad_inputs_raise_naming_the_argument(call, arg):
-    with pytest.raises(ValueError, match=f"`{arg}`"):
+    with pytest.raises(ValueError, match=rf"`{arg}`.* must .*; got "):
         call()

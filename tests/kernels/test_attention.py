@@ -238,7 +238,7 @@ def test_bad_mask_inputs_name_the_argument():
         A.padding_mask(np.array([-1, 2]), 5)
     with pytest.raises(ValueError, match=r"`lengths`.*integer"):
         A.padding_mask(np.array([2.0]), 5)
-    with pytest.raises(ValueError, match=r"`T`"):
+    with pytest.raises(ValueError, match=r"`T` must be a positive Python int .*; got 0"):
         A.causal_mask(0)
     with pytest.raises(ValueError, match=r"`segment_ids`.*0 \(source\) or 1 \(target\).*\[0, 1, 2\]"):
         A.unilm_mask(np.array([[0, 1, 2]]))

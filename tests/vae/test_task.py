@@ -110,6 +110,8 @@ def test_batch_loss_is_the_mean_of_vmapped_per_example_losses():
     one = lambda xi, yi: model.apply(v, xi[None], key, 4, yi[None], method="log_weights")[:, 0]  # noqa: E731
     d = jax.jit(jax.vmap(one, out_axes=1))(x, labels)
     assert c.shape == (6,) and d.shape == (4, 6) and np.all(np.isfinite(d))
+    # example 0 draws the same noise alone as in the batch (the first row of each fold_in(key, i) draw)
+    np.testing.assert_allclose(c[0], -L.iwae_bound(d[:, :1])[0], rtol=1e-5)
 
 
 def test_dequantised_input_and_its_bits_per_dim():
