@@ -149,6 +149,41 @@ def test_keys_past_the_length_are_never_read(rng):
         assert (np.asarray(g)[np.broadcast_to(dead, g.shape)] == 0).all()
 
 
+@pytest.mark.parametrize("name", ["causal", "prefix"])
+def test_blocks_the_mask_never_needs_are_never_read(rng, name):
+    """Causal and prefix-LM skipping, observed in the kernels themselves: NaN in one key block's
+    keys and values leaves the output and dq of every query block that does not need it equal to
+    the clean ones (a visited block would turn them NaN: 0 · NaN in p·v and ds·k); NaN in one
+    query block leaves dk and dv of every key block that does not need it clean."""
+    tq = tk = 33
+    bq, bk = BLOCKS["block_q"], BLOCKS["block_k"]
+    q, k, v = qkv(rng, tq, tk)
+    kw = CASES[name][2](rng)
+    need = brute_force_blocks(F.flash_attention_mask(tq, tk, batch=B, **kw), B, tq, tk, bq, bk)  # [B, nq, nk]
+    probe = jnp.asarray(rng.normal(size=q.shape), q.dtype)
+    loss = lambda *a: jnp.sum(flash(*a, **kw, **BLOCKS) * probe)  # noqa: E731
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+    clean_out, (clean_dq, clean_dk, clean_dv) = flash(q, k, v, **kw, **BLOCKS), grad(q, k, v)
+    skipped = 0
+    for kb in range(need.shape[2]):
+        in_block = (np.arange(tk) // bk == kb)[None, :, None, None]
+        k_nan, v_nan = (jnp.where(in_block, jnp.nan, x) for x in (k, v))
+        out, (dq, _, _) = flash(q, k_nan, v_nan, **kw, **BLOCKS), grad(q, k_nan, v_nan)
+        for b, qb in zip(*np.nonzero(~need[:, :, kb])):
+            rows = slice(qb * bq, (qb + 1) * bq)
+            np.testing.assert_array_equal(out[b, rows], clean_out[b, rows], err_msg=f"out b={b} qb={qb} kb={kb}")
+            np.testing.assert_array_equal(dq[b, rows], clean_dq[b, rows], err_msg=f"dq b={b} qb={qb} kb={kb}")
+            skipped += 1
+    for qb in range(need.shape[1]):
+        q_nan = jnp.where((np.arange(tq) // bq == qb)[None, :, None, None], jnp.nan, q)
+        _, dk, dv = grad(q_nan, k, v)
+        for b, kb in zip(*np.nonzero(~need[:, qb, :])):
+            cols = slice(kb * bk, (kb + 1) * bk)
+            np.testing.assert_array_equal(dk[b, cols], clean_dk[b, cols], err_msg=f"dk b={b} qb={qb} kb={kb}")
+            np.testing.assert_array_equal(dv[b, cols], clean_dv[b, cols], err_msg=f"dv b={b} qb={qb} kb={kb}")
+    assert skipped >= 3  # the mask leaves blocks to skip, so the test observes skipping
+
+
 def test_fully_masked_rows_are_zero_in_values_and_gradients(rng):
     q, k, v = qkv(rng, 33, 33)
     kw = {"causal": True, "key_lengths": np.array([0, 33, 3], np.int32)}
