@@ -29,12 +29,14 @@ log-det with ``slogdet`` of ``jax.jacfwd`` on small inputs.
 from __future__ import annotations
 
 import math
+import numbers
 
 import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
 from kernels.checks import argument_error as _error
+from kernels.checks import concrete
 
 # --------------------------------------------------------------------------- #
 # Argument checks
@@ -370,6 +372,11 @@ def standard_normal_log_prob(z):
     return -0.5 * _sum_per_example(jnp.square(z) + LOG_2PI)
 
 
+def _check_num_bins(fn, num_bins):
+    if not (isinstance(num_bins, numbers.Integral) and num_bins >= 2):
+        raise _error(fn, "num_bins", "a Python int >= 2", repr(num_bins))
+
+
 def dequantize(key, x_uint8, *, num_bins=256):
     """Uniform dequantisation: ``(x + u)/num_bins − 0.5`` with ``u ~ U[0, 1)``, in ``[−0.5, 0.5)``.
 
@@ -377,6 +384,12 @@ def dequantize(key, x_uint8, *, num_bins=256):
     ``u`` is capped at ``1 − 2⁻⁸``: in float32, ``x + u`` would round up to ``x + 1`` for
     ``u`` within 2⁻¹⁷ of 1 at large ``x``, leaving the pixel's bin.
     """
+    _check_num_bins("dequantize", num_bins)
+    if not jnp.issubdtype(jnp.result_type(x_uint8), jnp.integer):  # [0, 1] floats would collapse into bin 0
+        raise _error("dequantize", "x_uint8", f"integer pixel values in [0, {num_bins})", f"dtype {jnp.result_type(x_uint8)}")
+    values = concrete(x_uint8)
+    if values is not None and values.size and (values.min() < 0 or values.max() >= num_bins):
+        raise _error("dequantize", "x_uint8", f"values in [0, {num_bins})", f"values in [{values.min()}, {values.max()}]")
     x = jnp.asarray(x_uint8, jnp.float32)
     u = jnp.minimum(jax.random.uniform(key, x.shape), 1.0 - 2.0**-8)
     return (x + u) / num_bins - 0.5
@@ -386,4 +399,7 @@ def bits_per_dim(log_prob, num_dims, *, num_bins=256):
     """``−(log p(y) − D·log num_bins) / (D·log 2)``: a bound on the discrete data's bits per
     dimension, from the continuous log-density ``log p(y)`` (nats) of the dequantised
     ``y = (x + u)/num_bins``."""
+    _check_num_bins("bits_per_dim", num_bins)
+    if not (isinstance(num_dims, numbers.Integral) and num_dims >= 1):
+        raise _error("bits_per_dim", "num_dims", "a Python int >= 1", repr(num_dims))
     return -(log_prob - num_dims * math.log(num_bins)) / (num_dims * math.log(2.0))

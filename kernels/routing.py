@@ -33,6 +33,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from kernels.checks import concrete
 from kernels.reductions import sums
 
 VARIANTS = ("sabour", "su")
@@ -243,6 +244,10 @@ def _check_em(fn, votes, activations_in, beta_u, beta_a, num_iters, inverse_temp
     if jnp.shape(activations_in) != (b, i):
         raise _shape_error(fn, "activations_in", f"[B, I] = {(b, i)}", jnp.shape(activations_in))
     _check_float(fn, "activations_in", activations_in)
+    values = concrete(activations_in)  # eager calls only: logits passed for probabilities give NaN
+    if values is not None and values.size and not (values.min() >= 0 and values.max() <= 1):
+        raise ValueError(f"{fn}: `activations_in` must lie in [0, 1] (probabilities, not logits); "
+                         f"got values in [{values.min()}, {values.max()}]")
     for name, beta in (("beta_u", beta_u), ("beta_a", beta_a)):
         if jnp.shape(beta) not in ((), (j,)):
             raise _shape_error(fn, name, f"[] or [J] = {(j,)}", jnp.shape(beta))

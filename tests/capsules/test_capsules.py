@@ -252,3 +252,28 @@ def test_capsule_train_step_does_not_recompile(tmp_path, monkeypatch):
         state, metrics = step(state, parallel.shard_batch(next(batches), mesh), jax.random.key(1))
         jax.block_until_ready(metrics)
     assert compiled == []
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda s: losses.margin_loss(s, jnp.array([[0], [1]])), r"margin_loss: `labels` must be \[B\] class ids or \[B, K\] = \(2, 3\) targets; got shape \(2, 1\)"),
+        (lambda s: losses.margin_loss(s, jnp.array([0, 7])), r"margin_loss: `labels` must be class ids in \[0, 3\); got values in \[0, 7\]"),
+        (lambda s: losses.margin_loss(s, jnp.array([0.0, 1.0])), r"margin_loss: `labels` must be \[B\] = \[2\] integer class ids .*; got shape \(2,\), dtype float32"),
+        (lambda s: losses.margin_loss(s[0], jnp.array([0])), r"margin_loss: `scores` must be \[B, K\] \(rank 2\); got shape \(3,\)"),
+        (lambda s: losses.spread_loss(s, jnp.array([0, -1]), 0.5), r"spread_loss: `labels` must be class ids in \[0, 3\); got values in \[-1, 0\]"),
+        (lambda s: losses.spread_loss(s, jnp.array([[0, 1, 0], [1, 0, 0]]), 0.5), r"spread_loss: `labels` must be \[B\] = \[2\] integer class ids; got shape \(2, 3\)"),
+        (lambda s: losses.spread_loss(s, jnp.array([0, 1]), jnp.array([0.5])), r"spread_loss: `margin` must be a scalar or \[B\] = \(2,\); got shape \(1,\)"),
+    ],
+)
+def test_capsule_losses_reject_bad_labels_and_margins(call, message):
+    """A [B, 1] label column would broadcast as multi-hot targets, an id >= K drops the positive term
+    (margin) or gives NaN (spread): both raise instead."""
+    scores = jnp.array([[0.95, 0.05, 0.05], [0.05, 0.95, 0.05]])
+    with pytest.raises(ValueError, match=message):
+        call(scores)
+
+
+def test_im2col_conv_rejects_a_kernel_whose_channels_differ_from_the_input():
+    with pytest.raises(ValueError, match=r"im2col_conv: `kernel` must be \[kh, kw, C, F\] with C = x's channels.*got kernel \(3, 3, 4, 1\), x \(1, 5, 5, 2\)"):
+        im2col_conv(jnp.zeros((1, 5, 5, 2)), jnp.zeros((3, 3, 4, 1)), 1)

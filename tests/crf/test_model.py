@@ -63,3 +63,9 @@ def test_tagger_overfits_one_batch_and_viterbi_recovers_the_tags(rng):
     decoded, _ = crf.crf_viterbi(out.emissions, out.transitions, lengths)
     valid = np.arange(9)[None] < lengths[:, None]
     np.testing.assert_array_equal(np.asarray(decoded)[valid], tags[valid])
+
+
+def test_lengths_must_be_one_per_sequence():
+    model = Tagger(vocab_size=10, num_tags=4, embed_dim=4, features=4)
+    with pytest.raises(ValueError, match=r"Tagger: `tokens` must be \[B, T\] and `lengths` \[B\] = \(2,\); got tokens \(2, 6\), lengths \(2, 1\)"):
+        model.init(jax.random.key(0), jnp.zeros((2, 6), jnp.int32), jnp.ones((2, 1), jnp.int32))

@@ -96,6 +96,8 @@ def test_bad_images_raise_clear_errors(weights):
         inc.inception_outputs(v, np.zeros((2, 28, 28, 1), np.float32), side=64)
     with pytest.raises(ValueError, match="batch_size.*int >= 1.*got 0"):
         inc.inception_outputs(v, np.zeros((2, 28, 28, 1), np.float32), batch_size=0)
+    with pytest.raises(ValueError, match=r"inception_outputs: `images` must be in \[-1, 1\] .*; got range \[0, 255\]"):
+        inc.inception_outputs(v, np.stack([np.zeros((28, 28, 1)), np.full((28, 28, 1), 255.0)]).astype(np.float32))
 
 
 def test_reference_is_cached_and_the_test_split_scores_zero_against_itself(weights, tmp_path, rng, monkeypatch):

@@ -250,3 +250,18 @@ def test_bad_inputs_raise_errors_that_name_the_argument():
         F.actnorm(jnp.zeros((2, 3), jnp.int32), jnp.zeros(3), jnp.zeros(3))
     with pytest.raises(ValueError, match=r"invertible_conv1x1: `perm` must be shape \[C, C\] = \(3, 3\)"):
         F.invertible_conv1x1(x, **F.lu_init(jax.random.key(0), 4))
+
+
+def test_dequantize_and_bits_per_dim_reject_bad_inputs():
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match=r"dequantize: `x_uint8` must be integer pixel values in \[0, 256\); got dtype float32"):
+        F.dequantize(key, jnp.array([0.0, 0.5, 1.0]))  # images already in [0, 1] would all land in bin 0
+    with pytest.raises(ValueError, match=r"dequantize: `x_uint8` must be values in \[0, 16\); got values in \[0, 255\]"):
+        F.dequantize(key, np.array([0, 255], np.int32), num_bins=16)
+    with pytest.raises(ValueError, match=r"dequantize: `num_bins` must be a Python int >= 2; got 0"):
+        F.dequantize(key, np.array([0], np.uint8), num_bins=0)
+    with pytest.raises(ValueError, match=r"bits_per_dim: `num_dims` must be a Python int >= 1; got 0"):
+        F.bits_per_dim(jnp.zeros(1), 0)
+    with pytest.raises(ValueError, match=r"bits_per_dim: `num_bins` must be a Python int >= 2; got 1"):
+        F.bits_per_dim(jnp.zeros(1), 4, num_bins=1)
+    np.testing.assert_allclose(F.bits_per_dim(jnp.zeros(1), np.int64(4)), 8.0, rtol=1e-6)  # numpy ints are fine

@@ -269,6 +269,11 @@ def test_em_routing_rejects_bad_input(rng):
         routing.em_routing(votes, a_in, beta_u, np.zeros(4, np.float32))
     with pytest.raises(ValueError, match=r"`min_var` must be > 0"):
         routing.em_routing(votes, a_in, beta_u, beta_a, min_var=0.0)
+    logits = np.asarray(a_in) * 4 - 2  # pre-sigmoid values in place of activations
+    with pytest.raises(ValueError, match=r"`activations_in` must lie in \[0, 1\] \(probabilities, not logits\); got values in \[-"):
+        routing.em_routing(votes, logits, beta_u, beta_a)
+    # under jit the values are unknown: the shape checks alone run (the value check is eager-only)
+    jax.jit(routing.em_routing)(votes, a_in, beta_u, beta_a)
 
 
 # --------------------------------------------------------------------------- #

@@ -213,6 +213,17 @@ def test_bad_inputs_to_half_steps():
         em.m_step(x, np.zeros((4, 2)), "diag")
     with pytest.raises(ValueError, match="log_prob: `covariance_type` must be one of"):
         em.log_prob(x, np.ones(2) / 2, np.zeros((2, 2)), np.ones((2, 2)), "spherical")
+    # values that would silently shift or NaN every result
+    half, mu = np.ones(2) / 2, np.zeros((2, 2))
+    with pytest.raises(ValueError, match=r"log_prob: `weights` must be mixture weights summing to 1; got a sum of 100.0"):
+        em.log_prob(x, np.array([50.0, 50.0]), mu, np.ones((2, 2)), "diag")
+    with pytest.raises(ValueError, match=r"e_step: `covariances` must be positive variances; got a smallest value of -1.0"):
+        em.e_step(x, half, mu, -np.ones((2, 2)), "diag")
+    with pytest.raises(ValueError, match=r"log_prob: `covariances` must be positive definite matrices; got a smallest eigenvalue of -1.0"):
+        em.log_prob(x, half, mu, np.stack([np.eye(2), np.diag([1.0, -1.0])]), "full")
+    with pytest.raises(ValueError, match=r"m_step: `log_resp` must be log-responsibilities \(each row's logsumexp = 0\); got row logsumexps in"):
+        em.m_step(x, np.full((5, 2), 0.5), "diag")  # responsibilities, not their logs
+    em.m_step(x, np.log(np.full((5, 2), 0.5)), "diag")  # their logs are accepted
 
 
 def test_benchmark_quick_run_writes_results(tmp_path):

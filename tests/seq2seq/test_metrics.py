@@ -58,3 +58,11 @@ def test_bad_inputs():
         rouge_l([], [])
     with pytest.raises(ValueError, match="`max_n` must be >= 1"):
         corpus_bleu(["a"], ["a"], max_n=0)
+
+
+def test_a_single_string_is_refused_not_split_into_characters():
+    for fn in (corpus_bleu, rouge_l):
+        with pytest.raises(TypeError, match=r"`hypotheses` must be a sequence of strings \(e.g. \[text\]\); got a str of length 5"):
+            fn("今天天气好", ["今天天气坏"])
+        with pytest.raises(TypeError, match=r"`references` must be a sequence of strings"):
+            fn(["今天天气好"], "今天天气坏")

@@ -69,3 +69,15 @@ def test_bad_arguments():
         self_terminating_log_probs(jnp.zeros((1, 3, 4)), jnp.zeros((1, 2)), eos_id=0, epsilon=0.1)
     with pytest.raises(ValueError, match="`eos_id` must lie in \\[0, 4\\); got 4"):
         self_terminating_log_probs(jnp.zeros((1, 3, 4)), jnp.zeros((1, 3)), eos_id=4, epsilon=0.1)
+
+
+def test_step_rejects_shapes_that_would_broadcast_and_a_bad_eos_id():
+    logits, zeros = jnp.zeros((3, 5)), jnp.zeros(3)
+    with pytest.raises(ValueError, match=r"self_terminating_step: `eos_logit` must have shape \(3,\) \(logits' \[B\]\); got \(3, 1\)"):
+        self_terminating_step(logits, jnp.zeros((3, 1)), zeros, eos_id=0, epsilon=0.1)
+    with pytest.raises(ValueError, match=r"`log_alpha` must have shape \(3,\) \(logits' \[B\]\); got \(\)"):
+        self_terminating_step(logits, zeros, jnp.zeros(()), eos_id=0, epsilon=0.1)
+    with pytest.raises(ValueError, match=r"`eos_id` must lie in \[0, 5\); got 5"):
+        self_terminating_step(logits, zeros, zeros, eos_id=5, epsilon=0.1)
+    with pytest.raises(ValueError, match=r"`logits` must be \[B, V\] \(rank 2\); got shape \(5,\)"):
+        self_terminating_step(logits[0], zeros, zeros, eos_id=0, epsilon=0.1)

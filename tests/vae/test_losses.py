@@ -132,3 +132,21 @@ def test_bad_inputs_raise_clear_errors():
         L.iwae_bound(jnp.zeros((3,)))
     with pytest.raises(ValueError, match="elbo: `log_px_z`"):
         L.elbo(jnp.zeros((3,)), jnp.zeros((2, 4)), jnp.zeros((2, 4)))
+
+
+def test_log_importance_weights_rejects_shapes_that_would_broadcast():
+    z, lp = jnp.zeros((3, 2)), jnp.array([-1.0, -2.0, -3.0])
+    np.testing.assert_allclose(L.log_importance_weights(lp, z, z, z), lp)  # z at the mean of N(0, I) and q: log w = log p(x|z)
+    with pytest.raises(ValueError, match=r"log_importance_weights: `log_px_z` must be shape \(3,\) .*; got shape \(3, 1\)"):
+        L.log_importance_weights(lp[:, None], z, z, z)
+    with pytest.raises(ValueError, match=r"`z` must be \[\.\.\., B, D\] with \[B, D\] = \(3, 2\) .*; got shape \(2,\)"):
+        L.log_importance_weights(lp, z[0], z, z)
+    with pytest.raises(ValueError, match=r"`mean, logvar` must be \[B, D\] arrays of one shape; got shapes \(3, 2\), \(3,\)"):
+        L.log_importance_weights(lp, z, z, z[:, 0])
+
+
+def test_bits_per_dim_rejects_zero_dims_and_one_bin():
+    with pytest.raises(ValueError, match=r"bits_per_dim: `num_dims` must be a Python int >= 1; got 0"):
+        L.bits_per_dim(jnp.zeros(1), 0)
+    with pytest.raises(ValueError, match=r"bits_per_dim: `num_bins` must be 0 \(discrete\) or a Python int >= 2; got 1"):
+        L.bits_per_dim(jnp.zeros(1), 4, num_bins=1)

@@ -29,6 +29,9 @@ def im2col_conv(x, kernel, stride: int):
     Returns:
       ``[B, (H - kh)//s + 1, (W - kw)//s + 1, F]``.
     """
+    if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[2] != x.shape[3]:
+        raise ValueError(f"im2col_conv: `kernel` must be [kh, kw, C, F] with C = x's channels, x [B, H, W, C]; "
+                         f"got kernel {kernel.shape}, x {x.shape}")
     b, h, w, c = x.shape
     kh, kw = kernel.shape[:2]
     ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1

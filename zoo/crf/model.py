@@ -75,6 +75,9 @@ class Tagger(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, lengths, *, train: bool = False) -> TaggerOutput:
+        if tokens.ndim != 2 or jnp.shape(lengths) != tokens.shape[:1]:
+            raise ValueError(f"Tagger: `tokens` must be [B, T] and `lengths` [B] = {tokens.shape[:1]}; "
+                             f"got tokens {tokens.shape}, lengths {jnp.shape(lengths)}")
         mask = (jnp.arange(tokens.shape[1])[None, :] < lengths[:, None])[..., None]
         x = nn.Embed(self.vocab_size, self.embed_dim, name="embed")(tokens) * mask
         x = nn.Dropout(self.dropout, deterministic=not train)(x)

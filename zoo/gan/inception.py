@@ -402,6 +402,9 @@ def inception_outputs(variables: Variables, images, batch_size: int = 100, side:
         raise _error(fn, "images", "[N, H, W, C] with N >= 1 and C = 1 or 3", f"shape {x.shape}")
     if not np.issubdtype(x.dtype, np.floating) or not np.all(np.isfinite(x)):
         raise _error(fn, "images", "finite floats in [-1, 1]", f"dtype {x.dtype}, {np.sum(~np.isfinite(x)) if np.issubdtype(x.dtype, np.floating) else 'n/a'} non-finite")
+    if x.min() < -2 or x.max() > 2:  # 0–255 or [0, 1] pixels would be clipped to white or half the range
+        raise _error(fn, "images", "in [-1, 1] (up to ±2 is tolerated and clipped, as in evaluate_samples)",
+                     f"range [{x.min():.4g}, {x.max():.4g}]")
     if side < 75:
         raise _error(fn, "side", ">= 75 (the smallest input Inception v3 accepts)", side)
     if not (isinstance(batch_size, int) and batch_size >= 1):

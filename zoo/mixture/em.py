@@ -137,6 +137,16 @@ def _check_params(fn, weights, means, covariances, covariance_type, d, dtype, k=
     w = concrete(weights)
     if w is not None and (np.any(w < 0) or not np.all(np.isfinite(w))):
         raise argument_error(fn, "weights", "finite and non-negative", w)
+    if w is not None and abs(float(np.sum(w, dtype=np.float64)) - 1.0) > 1e-3:  # counts would shift every log-likelihood
+        raise argument_error(fn, "weights", "mixture weights summing to 1", f"a sum of {float(np.sum(w, dtype=np.float64))!r}")
+    c = concrete(covariances)
+    if c is not None:
+        if covariance_type == "full":
+            eig = np.linalg.eigvalsh(0.5 * (c + np.swapaxes(c, -1, -2)).astype(np.float64))
+            if not np.all(eig > 0):
+                raise argument_error(fn, "covariances", "positive definite matrices", f"a smallest eigenvalue of {float(eig.min())!r}")
+        elif not np.all(c > 0):
+            raise argument_error(fn, "covariances", "positive variances", f"a smallest value of {float(c.min())!r}")
     return weights, means, covariances
 
 
@@ -235,6 +245,12 @@ def m_step(x, log_resp, covariance_type="full", reg_covar=1e-6):
     if log_resp.ndim != 2 or log_resp.shape[0] != x.shape[0]:
         raise argument_error("m_step", "log_resp", f"shape (N, K) with N = {x.shape[0]}", f"shape {tuple(log_resp.shape)}")
     _check_reg("m_step", reg_covar)
+    lr = concrete(log_resp)
+    if lr is not None and lr.size:  # responsibilities passed in place of their logs give wrong weights and means
+        row_lse = np.logaddexp.reduce(lr.astype(np.float64), axis=1)
+        if np.max(np.abs(row_lse)) > 1e-3:
+            raise argument_error("m_step", "log_resp", "log-responsibilities (each row's logsumexp = 0)",
+                                 f"row logsumexps in [{row_lse.min():.4g}, {row_lse.max():.4g}]")
     return _m_step_jit(x, log_resp, reg_covar, covariance_type=covariance_type)
 
 

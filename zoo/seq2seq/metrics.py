@@ -24,6 +24,9 @@ def _ngrams(text: str, n: int) -> Counter:
 
 
 def _check_pairs(fn, hypotheses, references):
+    for name, texts in (("hypotheses", hypotheses), ("references", references)):
+        if isinstance(texts, str):  # one string would be scored as one hypothesis per character
+            raise TypeError(f"{fn}: `{name}` must be a sequence of strings (e.g. [text]); got a str of length {len(texts)}")
     hypotheses, references = list(hypotheses), list(references)
     if len(hypotheses) != len(references):
         raise ValueError(f"{fn}: `references` must have one entry per hypothesis ({len(hypotheses)}); "

@@ -66,6 +66,14 @@ def self_terminating_step(logits, eos_logit, log_alpha, *, eos_id: int, epsilon:
     """One decoding step: ``(log_probs [B, V], log_alpha [B])`` from the step's token logits
     ``[B, V]``, its ``s_t`` ``[B]`` and the running ``log α_{t−1}`` ``[B]`` (0 before the first
     step). Return ``log_probs`` as a decoder's logits: they are already normalised."""
-    _check_epsilon("self_terminating_step", epsilon)
+    fn = "self_terminating_step"
+    _check_epsilon(fn, epsilon)
+    if jnp.ndim(logits) != 2:
+        raise ValueError(f"{fn}: `logits` must be [B, V] (rank 2); got shape {jnp.shape(logits)}")
+    for name, value in (("eos_logit", eos_logit), ("log_alpha", log_alpha)):
+        if jnp.shape(value) != jnp.shape(logits)[:1]:  # a Dense(1) head's [B, 1] would broadcast to [B, B, V]
+            raise ValueError(f"{fn}: `{name}` must have shape {jnp.shape(logits)[:1]} (logits' [B]); got {jnp.shape(value)}")
+    if not 0 <= eos_id < logits.shape[-1]:
+        raise ValueError(f"{fn}: `eos_id` must lie in [0, {logits.shape[-1]}); got {eos_id}")
     log_alpha = log_alpha + math.log1p(-epsilon) + jax.nn.log_sigmoid(eos_logit.astype(jnp.float32))
     return _log_probs(logits, log_alpha, eos_id), log_alpha

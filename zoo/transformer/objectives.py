@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels.attention import causal_mask, combine_masks, unilm_mask
+from kernels.checks import argument_error
 from kernels.checks import concrete as _concrete
 
 
@@ -32,11 +33,21 @@ def token_cross_entropy(logits, targets, weights):
     if jnp.shape(logits)[:2] != jnp.shape(targets) or jnp.shape(targets) != jnp.shape(weights):
         raise ValueError(f"token_cross_entropy: logits [B, T, V], targets and weights [B, T] must agree; got "
                          f"{jnp.shape(logits)}, {jnp.shape(targets)}, {jnp.shape(weights)}")
+    if not jnp.issubdtype(jnp.result_type(targets), jnp.integer):
+        raise argument_error("token_cross_entropy", "targets", "integer token ids", f"dtype {jnp.result_type(targets)}")
+    w = jnp.asarray(weights, jnp.float32)
+    ids, vocab = _concrete(targets), jnp.shape(logits)[-1]
+    trained = _concrete(w)
+    if ids is not None and trained is not None and (trained > 0).any():
+        used = ids[trained > 0]
+        if used.min() < 0 or used.max() >= vocab:
+            raise argument_error("token_cross_entropy", "targets", f"ids in [0, {vocab}) where weights > 0",
+                                 f"ids in [{used.min()}, {used.max()}]")
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    w = jnp.asarray(weights, jnp.float32)
     count = jnp.sum(w)
-    return jnp.sum(nll * w) / jnp.maximum(count, 1.0), count
+    # a weight-0 position (a pad) may hold any id, even one outside [0, V) whose lookup is NaN
+    return jnp.sum(jnp.where(w > 0, nll * w, 0.0)) / jnp.maximum(count, 1.0), count
 
 
 def _padding(valid):

@@ -22,6 +22,7 @@ gradient everywhere, and ``exp(log σ²)`` can then neither overflow nor underfl
 from __future__ import annotations
 
 import math
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -134,6 +135,13 @@ def log_importance_weights(log_px_z, z, mean, logvar, prior_mean=0.0):
     Returns:
       ``[..., B]``; its mean over samples estimates the ELBO without bias.
     """
+    fn = "log_importance_weights"
+    if jnp.ndim(mean) != 2 or jnp.shape(logvar) != jnp.shape(mean):
+        raise _error(fn, "mean, logvar", "[B, D] arrays of one shape", f"shapes {jnp.shape(mean)}, {jnp.shape(logvar)}")
+    if jnp.ndim(z) < 2 or jnp.shape(z)[-2:] != jnp.shape(mean):
+        raise _error(fn, "z", f"[..., B, D] with [B, D] = {jnp.shape(mean)} (that of mean)", f"shape {jnp.shape(z)}")
+    if jnp.shape(log_px_z) != jnp.shape(z)[:-1]:  # a [B, 1] column would broadcast to [B, B]
+        raise _error(fn, "log_px_z", f"shape {jnp.shape(z)[:-1]} (z without its last axis)", f"shape {jnp.shape(log_px_z)}")
     log_pz = gaussian_log_density(z, prior_mean, 0.0)
     log_qz = gaussian_log_density(z, mean, logvar)
     return log_px_z + log_pz - log_qz
@@ -165,5 +173,9 @@ def bits_per_dim(nats, num_dims: int, *, num_bins: int = 0):
     ``num_bins = 256``: a density over dequantised ``y = (x + u)/256 ∈ [0, 1)``; adds the
     volume term, ``(nats + P·log 256) / (P·log 2)``, a bound on the 8-bit data's bits/dim.
     """
+    if not (isinstance(num_dims, numbers.Integral) and num_dims >= 1):
+        raise _error("bits_per_dim", "num_dims", "a Python int >= 1", repr(num_dims))
+    if not (isinstance(num_bins, numbers.Integral) and (num_bins == 0 or num_bins >= 2)):
+        raise _error("bits_per_dim", "num_bins", "0 (discrete) or a Python int >= 2", repr(num_bins))
     correction = num_dims * math.log(num_bins) if num_bins else 0.0
     return (nats + correction) / (num_dims * math.log(2.0))
