@@ -32,3 +32,17 @@ def test_bad_targets_raise():
         token_cross_entropy(logits, jnp.array([[1.7, 1.2, 1.9]]), w)
     with pytest.raises(ValueError, match=r"targets and weights \[B, T\] must agree"):
         token_cross_entropy(logits, jnp.array([[1, 2]]), w)
+
+
+def test_permutation_lm_rejects_a_perm_that_is_not_a_permutation():
+    from zoo.transformer import TransformerLM
+    from zoo.transformer.objectives import permutation_lm_loss
+
+    model = TransformerLM(vocab_size=11, num_layers=1, num_heads=1, head_dim=8, mlp_dim=16, max_len=8)
+    tokens = jnp.array([[1, 2, 3, 4, 5]])
+    params = model.init(jax.random.key(0), tokens)
+    permutation_lm_loss(model, params, tokens, jnp.array([[4, 2, 0, 1, 3]]))
+    with pytest.raises(ValueError, match=r"`perm` must be rows that are permutations of 0..4; got row 0 = \[0, 0, 1, 2, 3\]"):
+        permutation_lm_loss(model, params, tokens, jnp.array([[0, 0, 1, 2, 3]]))
+    with pytest.raises(ValueError, match=r"`perm` must be an integer array of shape \(1, 5\) \(that of tokens\); got shape \(5,\)"):
+        permutation_lm_loss(model, params, tokens, jnp.arange(5))

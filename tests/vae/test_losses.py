@@ -150,3 +150,11 @@ def test_bits_per_dim_rejects_zero_dims_and_one_bin():
         L.bits_per_dim(jnp.zeros(1), 0)
     with pytest.raises(ValueError, match=r"bits_per_dim: `num_bins` must be 0 \(discrete\) or a Python int >= 2; got 1"):
         L.bits_per_dim(jnp.zeros(1), 4, num_bins=1)
+
+
+def test_bernoulli_log_likelihood_rejects_raw_pixels():
+    logits = jnp.ones((1, 4))
+    with pytest.raises(ValueError, match=r"bernoulli_log_likelihood: `x` must be in \[0, 1\]; got values in \[0.0, 255.0\]"):
+        L.bernoulli_log_likelihood(logits, jnp.array([[0.0, 255.0, 255.0, 0.0]]))
+    with pytest.raises(ValueError, match=r"`x` must be floating point in \[0, 1\]; got dtype uint8"):
+        L.bernoulli_log_likelihood(logits, jnp.array([[0, 1, 1, 0]], jnp.uint8))

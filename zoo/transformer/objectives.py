@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kernels.attention import causal_mask, combine_masks, unilm_mask
 from kernels.checks import argument_error
@@ -92,6 +93,15 @@ def permutation_lm_logits(model, params, tokens, perm):
     ``tokens [B, T]``, ``perm [B, T]`` (each row a permutation of ``0..T-1``). Inputs are
     ``tokens[perm]`` with position ids ``perm`` under the causal mask.
     """
+    if jnp.shape(perm) != jnp.shape(tokens) or not jnp.issubdtype(jnp.result_type(perm), jnp.integer):
+        raise argument_error("permutation_lm_logits", "perm", f"an integer array of shape {jnp.shape(tokens)} (that of tokens)",
+                             f"shape {jnp.shape(perm)}, dtype {jnp.result_type(perm)}")
+    order = _concrete(perm)  # eager calls: a row that is not a permutation trains on a duplicated sequence
+    if order is not None and order.size:
+        bad = np.flatnonzero((np.sort(order, axis=1) != np.arange(order.shape[1])).any(axis=1))
+        if bad.size:
+            raise argument_error("permutation_lm_logits", "perm", f"rows that are permutations of 0..{order.shape[1] - 1}",
+                                 f"row {bad[0]} = {order[bad[0]].tolist()}")
     shuffled = jnp.take_along_axis(tokens, perm, axis=1)
     return model.apply(params, shuffled, causal_mask(tokens.shape[1]), perm)
 

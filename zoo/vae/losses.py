@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels.checks import argument_error as _error
+from kernels.checks import concrete
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -86,6 +87,11 @@ def bernoulli_log_likelihood(logits, x):
       ``[B]`` log-likelihoods (≤ 0 for binary ``x``).
     """
     _check_pair("bernoulli_log_likelihood", logits, x, "logits", "x")
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        raise _error("bernoulli_log_likelihood", "x", "floating point in [0, 1]", f"dtype {jnp.result_type(x)}")
+    values = concrete(x)  # raw 0–255 pixels would give a positive "log-likelihood"
+    if values is not None and values.size and (values.min() < 0 or values.max() > 1):
+        raise _error("bernoulli_log_likelihood", "x", "in [0, 1]", f"values in [{values.min()}, {values.max()}]")
     ll = x * logits - jax.nn.softplus(logits)
     return jnp.sum(_flat(ll), axis=-1)
 
