@@ -277,3 +277,13 @@ def test_image_grid_layout():
     grid = task.image_grid(imgs, columns=2)
     assert grid.shape == (3 * 3 + 1, 2 * 4 + 1, 1)
     assert grid[1, 1, 0] == 1 and grid[1, 5, 0] == 2 and grid[7, 1, 0] == 5 and grid[7, 5, 0] == 0
+
+
+def test_to_uint8_maps_the_model_range_and_survives_diverged_samples():
+    import warnings
+
+    x = np.array([np.nan, -np.inf, np.inf, 3e38, -3e38, -0.5, 0.0, 0.4999], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warning on huge finite values
+        got = task.to_uint8(x)
+    np.testing.assert_array_equal(got, [0, 0, 255, 255, 0, 0, 128, 255])

@@ -87,7 +87,7 @@ def to_uint8(x) -> np.ndarray:
     """Model space ``[−0.5, 0.5)`` back to pixels. A sample can leave the data range far
     enough to overflow on the way back (the inverse divides by coupling scales < 1, most
     often at T = 1 early in training); such pixels are drawn black (NaN) or saturated."""
-    x = np.nan_to_num(np.asarray(x, np.float32), nan=-0.5, posinf=0.5, neginf=-0.5)
+    x = np.clip(np.nan_to_num(np.asarray(x, np.float32), nan=-0.5), -0.5, 0.5)  # clip first: no overflow in * 256
     return np.clip(np.floor((x + 0.5) * 256), 0, 255).astype(np.uint8)
 
 
