@@ -80,9 +80,9 @@ def test_bad_shape_is_refused():
 
 def test_negative_elbo_rejects_bad_tokens():
     logits, stats = jnp.zeros((2, 3, 5)), jnp.zeros((2, 4))
-    with pytest.raises(ValueError, match=r"`tokens` must be ids in \[0, 5\); got ids in \[1, 5\]"):
+    with pytest.raises(ValueError, match=r"`tokens` must be token ids in \[0, vocab_size\) = \[0, 5\); got ids in \[1, 5\]"):
         P.negative_elbo(logits, jnp.array([[1, 2, 5]] * 2), stats, stats)
-    with pytest.raises(ValueError, match=r"`tokens` must be integer ids; got dtype float32"):
+    with pytest.raises(ValueError, match=r"`tokens` must be an integer array \[B, L\]; got dtype float32"):
         P.negative_elbo(logits, jnp.ones((2, 3)), stats, stats)
     with pytest.raises(ValueError, match=r"`tokens` must be \[B, L\] = \(2, 3\) .*; got shape \(2, 4\)"):
         P.negative_elbo(logits, jnp.ones((2, 4), jnp.int32), stats, stats)

@@ -48,7 +48,7 @@ def spread_loss(activations, labels, margin):
     ``margin`` is a scalar or ``[B]`` (the schedule grows it from 0.2 to 0.9).
     """
     _check_labels("spread_loss", activations, labels, multi_hot=False)
-    if jnp.ndim(margin) not in (0,) and jnp.shape(margin) != jnp.shape(labels):
+    if jnp.ndim(margin) != 0 and jnp.shape(margin) != jnp.shape(labels):
         raise argument_error("spread_loss", "margin", f"a scalar or [B] = {jnp.shape(labels)}", f"shape {jnp.shape(margin)}")
     k = activations.shape[-1]
     target = jnp.take_along_axis(activations, labels[:, None], axis=-1)

@@ -73,7 +73,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kernels.checks import argument_error as _error, concrete as _concrete
+from kernels.checks import argument_error as _error
+from kernels.checks import token_ids as _check_ids
 
 PAD = 0  #: padding / mask id (source and target)
 UNK = 1  #: unknown (rare) character id
@@ -82,22 +83,6 @@ END = 3  #: end-of-title id (last target token; EOS for the decoders)
 NUM_SPECIAL = 4  #: ids ``< NUM_SPECIAL`` are special and excluded from the bag of characters
 
 _NEG = -1e30  # masked attention score (finite: an all-pad row gives uniform weights, not NaN)
-
-
-def _check_ids(fn, name, x, rank, vocab, what):
-    """Rank, integer dtype and (when concrete) ``0 <= id < vocab``; returns int32."""
-    shape = jnp.shape(x)
-    if len(shape) != rank:
-        raise _error(fn, name, f"an integer array {what} (rank {rank})", f"shape {tuple(shape)}")
-    dtype = jnp.result_type(x)
-    if not jnp.issubdtype(dtype, jnp.integer):
-        raise _error(fn, name, f"an integer array {what}", f"dtype {dtype}")
-    vals = _concrete(x)
-    if vals is not None and vals.size:
-        lo, hi = int(vals.min()), int(vals.max())
-        if lo < 0 or hi >= vocab:
-            raise _error(fn, name, f"token ids in [0, vocab_size) = [0, {vocab})", f"ids in [{lo}, {hi}]")
-    return jnp.asarray(x, jnp.int32)
 
 
 def _check_batch(fn, name, got, want, against):

@@ -42,7 +42,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from kernels.checks import argument_error, concrete
+from kernels.checks import argument_error, token_ids
 from zoo.core.train import Task
 from zoo.data import poetry
 from zoo.data.batching import shuffled_batches
@@ -125,11 +125,7 @@ def negative_elbo(logits, tokens, mean, logvar):
     if jnp.ndim(logits) != 3 or jnp.shape(tokens) != jnp.shape(logits)[:2]:
         raise argument_error(fn, "tokens", f"[B, L] = {jnp.shape(logits)[:2]} (logits' first two axes)",
                              f"shape {jnp.shape(tokens)} with logits {jnp.shape(logits)}")
-    if not jnp.issubdtype(jnp.result_type(tokens), jnp.integer):
-        raise argument_error(fn, "tokens", "integer ids", f"dtype {jnp.result_type(tokens)}")
-    ids, vocab = concrete(tokens), jnp.shape(logits)[-1]
-    if ids is not None and ids.size and (ids.min() < 0 or ids.max() >= vocab):
-        raise argument_error(fn, "tokens", f"ids in [0, {vocab})", f"ids in [{ids.min()}, {ids.max()}]")
+    tokens = token_ids(fn, "tokens", tokens, 2, jnp.shape(logits)[-1], "[B, L]")
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     recon = -jnp.sum(jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0], axis=1)
     return recon, gaussian_kl(mean, logvar)
