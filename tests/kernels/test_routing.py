@@ -201,9 +201,11 @@ def test_em_routing_matches_reference(rng, num_iters, per_parent_beta):
 
 
 def test_em_routing_gradients_match_reference(rng):
-    votes, a_in, beta_u, beta_a = em_problem(rng)
-    probe_m = rng.normal(size=(2, 3, 4)).astype(np.float32)
-    probe_a = rng.normal(size=(2, 3)).astype(np.float32)
+    # one sample: the reference differentiates thousands of eager scalar ops per sample, and
+    # the value tests above already cover batches
+    votes, a_in, beta_u, beta_a = em_problem(rng, b=1)
+    probe_m = rng.normal(size=(1, 3, 4)).astype(np.float32)
+    probe_a = rng.normal(size=(1, 3)).astype(np.float32)
 
     def loss(fn, *args):
         mean, act = fn(*args, num_iters=3, inverse_temperature=0.5)

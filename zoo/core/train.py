@@ -132,10 +132,15 @@ def make_train_step(task: Task, mesh, *, inject_nan_at_step: int = -1, compiler_
 
 
 def init_state(task: Task, key: jax.Array, mesh) -> TrainState:
-    params = task.init(key)
-    model_state = None if task.init_model_state is None else task.init_model_state(key)
-    state = TrainState(jnp.zeros((), jnp.int32), params, task.optimizer.init(params), model_state)
-    return jax.device_put(state, parallel.replicated(mesh))
+    # One jitted program: run eagerly, a model's init dispatches (and on first use compiles)
+    # one small XLA program per initialiser and op, ~90 compiles for the capsule smoke model.
+    @jax.jit
+    def init(key):
+        params = task.init(key)
+        model_state = None if task.init_model_state is None else task.init_model_state(key)
+        return TrainState(jnp.zeros((), jnp.int32), params, task.optimizer.init(params), model_state)
+
+    return jax.device_put(init(key), parallel.replicated(mesh))
 
 
 def _mean_metrics(host: list[dict]) -> dict[str, float]:
