@@ -161,3 +161,16 @@ def test_conv_transpose_module_doubles_the_side_and_checks_its_arguments():
         ConvTranspose(2, 3, stride=2).init(jax.random.key(0), x)
     with pytest.raises(ValueError, match=r"`padding` must be in \[0, 4\); got 4"):
         ConvTranspose(2, 4, stride=2, padding=4).init(jax.random.key(0), x)
+
+
+def test_torch_default_init_draws_kernel_and_bias_like_pytorch_conv2d():
+    """U(±1/√fan_in) for both (PyTorch's kaiming_uniform_(a=√5) and its bias rule), fan_in = k·k·C."""
+    conv = layers.Conv(256, 3, **layers.torch_default_init(3 * 3 * 16))
+    p = conv.init(jax.random.key(0), jnp.zeros((1, 5, 5, 16)))["params"]
+    bound = 1.0 / np.sqrt(3 * 3 * 16)
+    for name in ("kernel", "bias"):
+        x = np.asarray(p[name])
+        assert np.abs(x).max() <= bound and np.abs(x).max() > 0.95 * bound, name
+    kernel = np.asarray(p["kernel"])
+    np.testing.assert_allclose(kernel.var(), bound**2 / 3, rtol=0.05)  # the variance of U(−b, b)
+    np.testing.assert_allclose(kernel.mean(), 0.0, atol=0.01 * bound)

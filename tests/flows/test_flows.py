@@ -186,6 +186,8 @@ def test_bad_model_input_raises_clear_errors():
         layers.Coupling(4).init(jax.random.key(0), jnp.zeros((1, 2, 2, 3)))
     with pytest.raises(ValueError, match=r"`permutation` must be one of"):
         MultiScaleFlow(SHAPE, permutation="shuffle").init(jax.random.key(0), jnp.zeros((1, *SHAPE)))
+    with pytest.raises(ValueError, match=r"CouplingNet: `init_scheme` must be one of \('lecun', 'torch'\); got 'xavier'"):
+        MultiScaleFlow(SHAPE, coupling_init="xavier").init(jax.random.key(0), jnp.zeros((1, *SHAPE)))
     with pytest.raises(ValueError, match=r"`remat` must be one of \('auto', 'on', 'off'\); got True"):
         MultiScaleFlow(SHAPE, remat=True).init(jax.random.key(0), jnp.zeros((1, *SHAPE)))
     with pytest.raises(ValueError, match=r"`z` must have shape \[B, D\] = \[B, 64\]; got shape \(2, 63\)"):

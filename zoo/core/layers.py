@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import flax.linen as nn
@@ -128,6 +129,7 @@ class Conv(nn.Module):
     padding: str = "VALID"
     use_bias: bool = True
     kernel_init: Callable = nn.initializers.lecun_normal()
+    bias_init: Callable = nn.initializers.zeros
 
     @nn.compact
     def __call__(self, x):
@@ -146,8 +148,21 @@ class Conv(nn.Module):
         else:
             y = lax.conv_general_dilated(x, kernel, (self.stride,) * 2, "VALID", dimension_numbers=_DIMS)
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,))
+            y = y + self.param("bias", self.bias_init, (self.features,))
         return y
+
+
+def torch_default_init(fan_in: int) -> dict[str, Callable]:
+    """PyTorch's default ``Conv2d``/``Linear`` initialisation as ``kernel_init``/``bias_init``
+    keywords: kernel and bias both ``U(−1/√fan_in, 1/√fan_in)`` (``kaiming_uniform_(a=√5)``),
+    i.e. weight variance ``1/(3·fan_in)``, a third of Flax's LeCun normal. ``fan_in`` is
+    ``k·k·C`` for a ``k×k`` convolution of ``C`` input channels."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def bias_init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return {"kernel_init": nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"), "bias_init": bias_init}
 
 
 class ValidConv(Conv):

@@ -17,11 +17,12 @@ import jax
 import jax.numpy as jnp
 
 from kernels import flows as F
-from zoo.core.layers import Conv
+from zoo.core.layers import Conv, torch_default_init
 
 ACTNORMS = ("data", "zero", "none")
 PERMUTATIONS = ("lu", "conv1x1", "reverse", "random")
 COUPLINGS = ("affine", "additive")
+COUPLING_INITS = ("lecun", "torch")
 
 
 def _check_choice(owner, name, value, choices):
@@ -116,15 +117,26 @@ class ZeroConv(nn.Module):
 
 
 class CouplingNet(nn.Module):
-    """Glow's coupling network: conv3×3(width) → ReLU → conv1×1(width) → ReLU → zero conv3×3."""
+    """Glow's coupling network: conv3×3(width) → ReLU → conv1×1(width) → ReLU → zero conv3×3.
+
+    ``init_scheme`` of the two hidden convolutions: ``"lecun"`` (Flax's LeCun normal kernels, zero
+    biases) or ``"torch"`` (PyTorch's default, as normflows' Glow has: uniform kernels with a
+    third of that variance and uniform biases; :func:`zoo.core.layers.torch_default_init`).
+    """
 
     width: int
     out_features: int
+    init_scheme: str = "lecun"
 
     @nn.compact
     def __call__(self, x):
-        h = nn.relu(Conv(self.width, 3, padding="SAME", name="Conv_0")(x))
-        h = nn.relu(Conv(self.width, 1, name="Conv_1")(h))
+        _check_choice("CouplingNet", "init_scheme", self.init_scheme, COUPLING_INITS)
+
+        def init_for(fan_in):
+            return torch_default_init(fan_in) if self.init_scheme == "torch" else {}
+
+        h = nn.relu(Conv(self.width, 3, padding="SAME", name="Conv_0", **init_for(9 * x.shape[-1]))(x))
+        h = nn.relu(Conv(self.width, 1, name="Conv_1", **init_for(self.width))(h))
         return ZeroConv(self.out_features)(h)
 
 
@@ -139,6 +151,7 @@ class Coupling(Bijector):
     width: int
     kind: str = "affine"
     sign: float = 1.0
+    init_scheme: str = "lecun"
 
     @nn.compact
     def __call__(self, x, inverse=False):
@@ -146,10 +159,11 @@ class Coupling(Bijector):
         x1, x2 = F.split_channels(x)
         c2 = x2.shape[-1]
         if self.kind == "affine":
-            h = CouplingNet(self.width, 2 * c2)(x1)
+            h = CouplingNet(self.width, 2 * c2, self.init_scheme)(x1)
             y2, log_det = F.affine_coupling(x2, h[..., 1::2], h[..., 0::2], inverse=inverse)
         else:
-            y2, log_det = F.additive_coupling(x2, CouplingNet(self.width, c2)(x1), sign=self.sign, inverse=inverse)
+            shift = CouplingNet(self.width, c2, self.init_scheme)(x1)
+            y2, log_det = F.additive_coupling(x2, shift, sign=self.sign, inverse=inverse)
         return jnp.concatenate([x1, y2], axis=-1), log_det
 
 
@@ -160,6 +174,7 @@ class FlowStep(Bijector):
     actnorm: str = "data"
     permutation: str = "lu"
     coupling: str = "affine"
+    coupling_init: str = "lecun"
 
     def setup(self):
         _check_choice("FlowStep", "actnorm", self.actnorm, ACTNORMS)
@@ -169,7 +184,7 @@ class FlowStep(Bijector):
             layers.append(InvConv1x1(lu=self.permutation == "lu"))
         else:
             layers.append(Permute(self.permutation))
-        layers.append(Coupling(self.width, self.coupling))
+        layers.append(Coupling(self.width, self.coupling, init_scheme=self.coupling_init))
         self.layers = layers
 
     def __call__(self, x, inverse=False):

@@ -88,6 +88,7 @@ class MultiScaleFlow(FlowModel):
     final_actnorm: bool = False
     scan: bool = True
     remat: str = "auto"
+    coupling_init: str = "lecun"
 
     def latent_shapes(self) -> list[tuple[int, int, int]]:
         """Shapes of the per-level latents, in the order they appear in ``z``."""
@@ -115,7 +116,9 @@ class MultiScaleFlow(FlowModel):
             raise ValueError(f"MultiScaleFlow: `depth` must be >= 1; got {self.depth}")
         if self.remat not in REMAT_MODES:
             raise ValueError(f"MultiScaleFlow: `remat` must be one of {REMAT_MODES}; got {self.remat!r}")
-        make_step = lambda **kw: FlowStep(self.width, self.actnorm, self.permutation, self.coupling, **kw)  # noqa: E731
+        def make_step():
+            return FlowStep(self.width, self.actnorm, self.permutation, self.coupling, self.coupling_init)
+
         if self.scan:
             self.steps = [make_step() for _ in range(self.levels)]
         else:
