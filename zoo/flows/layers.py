@@ -107,13 +107,23 @@ class Permute(Bijector):
 
 
 class ZeroConv(nn.Module):
-    """3×3 'SAME' convolution initialised at zero: couplings and priors start as identities."""
+    """3×3 'SAME' convolution initialised at zero: couplings and priors start as identities.
+
+    ``logscale_factor > 0``: Glow's ``conv2d_zeros``, whose output is also scaled per channel
+    by ``exp(logscale_factor · logs)`` (``logs`` zero at start). Under Adam every parameter
+    moves about the learning rate per step, so the factor lets the output's scale grow
+    geometrically (by up to ``e^3`` per 1,000 steps at lr 1e-3) instead of linearly.
+    """
 
     features: int
+    logscale_factor: float = 0.0
 
     @nn.compact
     def __call__(self, x):
-        return Conv(self.features, 3, padding="SAME", kernel_init=nn.initializers.zeros, name="Conv_0")(x)
+        y = Conv(self.features, 3, padding="SAME", kernel_init=nn.initializers.zeros, name="Conv_0")(x)
+        if self.logscale_factor:
+            y = y * jnp.exp(self.logscale_factor * self.param("logs", nn.initializers.zeros, (self.features,)))
+        return y
 
 
 class CouplingNet(nn.Module):
@@ -127,6 +137,7 @@ class CouplingNet(nn.Module):
     width: int
     out_features: int
     init_scheme: str = "lecun"
+    logscale_factor: float = 0.0
 
     @nn.compact
     def __call__(self, x):
@@ -137,7 +148,7 @@ class CouplingNet(nn.Module):
 
         h = nn.relu(Conv(self.width, 3, padding="SAME", name="Conv_0", **init_for(9 * x.shape[-1]))(x))
         h = nn.relu(Conv(self.width, 1, name="Conv_1", **init_for(self.width))(h))
-        return ZeroConv(self.out_features)(h)
+        return ZeroConv(self.out_features, self.logscale_factor)(h)
 
 
 class Coupling(Bijector):
@@ -152,6 +163,7 @@ class Coupling(Bijector):
     kind: str = "affine"
     sign: float = 1.0
     init_scheme: str = "lecun"
+    logscale_factor: float = 0.0
 
     @nn.compact
     def __call__(self, x, inverse=False):
@@ -159,10 +171,10 @@ class Coupling(Bijector):
         x1, x2 = F.split_channels(x)
         c2 = x2.shape[-1]
         if self.kind == "affine":
-            h = CouplingNet(self.width, 2 * c2, self.init_scheme)(x1)
+            h = CouplingNet(self.width, 2 * c2, self.init_scheme, self.logscale_factor)(x1)
             y2, log_det = F.affine_coupling(x2, h[..., 1::2], h[..., 0::2], inverse=inverse)
         else:
-            shift = CouplingNet(self.width, c2, self.init_scheme)(x1)
+            shift = CouplingNet(self.width, c2, self.init_scheme, self.logscale_factor)(x1)
             y2, log_det = F.additive_coupling(x2, shift, sign=self.sign, inverse=inverse)
         return jnp.concatenate([x1, y2], axis=-1), log_det
 
@@ -175,6 +187,7 @@ class FlowStep(Bijector):
     permutation: str = "lu"
     coupling: str = "affine"
     coupling_init: str = "lecun"
+    logscale_factor: float = 0.0
 
     def setup(self):
         _check_choice("FlowStep", "actnorm", self.actnorm, ACTNORMS)
@@ -184,7 +197,7 @@ class FlowStep(Bijector):
             layers.append(InvConv1x1(lu=self.permutation == "lu"))
         else:
             layers.append(Permute(self.permutation))
-        layers.append(Coupling(self.width, self.coupling, init_scheme=self.coupling_init))
+        layers.append(Coupling(self.width, self.coupling, init_scheme=self.coupling_init, logscale_factor=self.logscale_factor))
         self.layers = layers
 
     def __call__(self, x, inverse=False):
@@ -199,22 +212,34 @@ class SplitPrior(Bijector):
     """Glow's split2d prior / the author's CondActnorm: the dropped half ``z`` is
     standardised with a mean and log-std predicted from the kept half ``h`` by a zero conv."""
 
+    logscale_factor: float = 0.0
+
     @nn.compact
     def __call__(self, z, h, inverse=False):
-        stats = ZeroConv(2 * z.shape[-1])(h)
+        stats = ZeroConv(2 * z.shape[-1], self.logscale_factor)(h)
         return F.conditional_standardize(z, stats[..., 0::2], stats[..., 1::2], inverse=inverse)
 
 
 class LearnedPrior(Bijector):
     """A learned prior for the top latent: a mean and log-std per position and channel
     (``[H, W, C]``, zero at start). Glow's ``learntop`` computes them with a zero conv of a
-    zero input, i.e. per channel only; per position is a superset of that."""
+    zero input, i.e. per channel only; per position is a superset of that.
+
+    ``logscale_factor > 0``: both are scaled per channel by ``exp(logscale_factor · logs)``,
+    as Glow's zero conv does (see :class:`ZeroConv`).
+    """
+
+    logscale_factor: float = 0.0
 
     @nn.compact
     def __call__(self, z, inverse=False):
         shape = z.shape[1:]
         mean = self.param("mean", nn.initializers.zeros, shape)
         log_std = self.param("log_std", nn.initializers.zeros, shape)
+        if self.logscale_factor:
+            c = shape[-1]
+            mean = mean * jnp.exp(self.logscale_factor * self.param("mean_logs", nn.initializers.zeros, (c,)))
+            log_std = log_std * jnp.exp(self.logscale_factor * self.param("log_std_logs", nn.initializers.zeros, (c,)))
         return F.conditional_standardize(
             z, jnp.broadcast_to(mean, z.shape), jnp.broadcast_to(log_std, z.shape), inverse=inverse
         )

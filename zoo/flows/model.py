@@ -89,6 +89,7 @@ class MultiScaleFlow(FlowModel):
     scan: bool = True
     remat: str = "auto"
     coupling_init: str = "lecun"
+    logscale_factor: float = 0.0
 
     def latent_shapes(self) -> list[tuple[int, int, int]]:
         """Shapes of the per-level latents, in the order they appear in ``z``."""
@@ -117,17 +118,19 @@ class MultiScaleFlow(FlowModel):
         if self.remat not in REMAT_MODES:
             raise ValueError(f"MultiScaleFlow: `remat` must be one of {REMAT_MODES}; got {self.remat!r}")
         def make_step():
-            return FlowStep(self.width, self.actnorm, self.permutation, self.coupling, self.coupling_init)
+            return FlowStep(
+                self.width, self.actnorm, self.permutation, self.coupling, self.coupling_init, self.logscale_factor
+            )
 
         if self.scan:
             self.steps = [make_step() for _ in range(self.levels)]
         else:
             self.steps = [[make_step() for _ in range(self.depth)] for _ in range(self.levels)]
-        self.split_priors = [SplitPrior() for _ in range(self.levels - 1)]
+        self.split_priors = [SplitPrior(self.logscale_factor) for _ in range(self.levels - 1)]
         if self.final_actnorm:
             self.final = ActNorm(self.actnorm if self.actnorm != "none" else "zero")
         if self.learn_top:
-            self.top = LearnedPrior()
+            self.top = LearnedPrior(self.logscale_factor)
 
     def _level(self, level, h, inverse):
         if self.scan:
