@@ -41,6 +41,8 @@ def perturb(variables, key, scale=0.05):
 def make(name):
     if name == "nice":
         return NICE(SHAPE, num_couplings=4, hidden=16, num_hidden_layers=2)
+    if name == "glow_options":  # Glow's exp(3·logs) zero convs and top prior, PyTorch's init
+        return MultiScaleFlow(SHAPE, levels=2, depth=2, width=8, coupling_init="torch", logscale_factor=3.0)
     return MultiScaleFlow(SHAPE, levels=2, depth=2, width=8, **MODELS[name])
 
 
@@ -58,7 +60,7 @@ def initialised(name):
     return model, x, variables, perturb(variables, jax.random.key(1))
 
 
-@pytest.mark.parametrize("name", [*MODELS, "nice"])  # slogdet 1x1 / actnorm="none" / unrolled: layer and scan tests
+@pytest.mark.parametrize("name", [*MODELS, "nice", "glow_options"])  # slogdet 1x1 / actnorm="none" / unrolled: layer and scan tests
 def test_model_round_trips_and_log_det_equals_slogdet_of_the_jacobian(name):
     model, x, _, variables = initialised(name)
     apply = jax.jit(model.apply, static_argnames="inverse")
