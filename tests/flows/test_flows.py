@@ -60,7 +60,8 @@ def initialised(name):
     return model, x, variables, perturb(variables, jax.random.key(1))
 
 
-@pytest.mark.parametrize("name", [*MODELS, "nice", "glow_options"])  # slogdet 1x1 / actnorm="none" / unrolled: layer and scan tests
+# slogdet 1x1 / actnorm="none" / unrolled: layer and scan tests
+@pytest.mark.parametrize("name", [*MODELS, "nice", "glow_options"])
 def test_model_round_trips_and_log_det_equals_slogdet_of_the_jacobian(name):
     model, x, _, variables = initialised(name)
     apply = jax.jit(model.apply, static_argnames="inverse")

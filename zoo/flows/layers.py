@@ -197,7 +197,9 @@ class FlowStep(Bijector):
             layers.append(InvConv1x1(lu=self.permutation == "lu"))
         else:
             layers.append(Permute(self.permutation))
-        layers.append(Coupling(self.width, self.coupling, init_scheme=self.coupling_init, logscale_factor=self.logscale_factor))
+        layers.append(
+            Coupling(self.width, self.coupling, init_scheme=self.coupling_init, logscale_factor=self.logscale_factor)
+        )
         self.layers = layers
 
     def __call__(self, x, inverse=False):
