@@ -212,14 +212,37 @@ class FlowStep(Bijector):
 
 class SplitPrior(Bijector):
     """Glow's split2d prior / the author's CondActnorm: the dropped half ``z`` is
-    standardised with a mean and log-std predicted from the kept half ``h`` by a zero conv."""
+    standardised with a mean and log-std predicted from the kept half ``h`` by a zero conv.
+
+    ``conditional=False``: normflows' ``GlowBase`` instead, one learned mean and log-std per
+    channel (zero at start), the same at every pixel and independent of ``h``.
+    """
 
     logscale_factor: float = 0.0
+    conditional: bool = True
 
     @nn.compact
     def __call__(self, z, h, inverse=False):
-        stats = ZeroConv(2 * z.shape[-1], self.logscale_factor)(h)
-        return F.conditional_standardize(z, stats[..., 0::2], stats[..., 1::2], inverse=inverse)
+        if self.conditional:
+            stats = ZeroConv(2 * z.shape[-1], self.logscale_factor)(h)
+            mean, log_std = stats[..., 0::2], stats[..., 1::2]
+        else:
+            mean, log_std = _channel_stats(self, z.shape[-1], self.logscale_factor)
+            mean, log_std = jnp.broadcast_to(mean, z.shape), jnp.broadcast_to(log_std, z.shape)
+        return F.conditional_standardize(z, mean, log_std, inverse=inverse)
+
+
+def _channel_stats(module, shape, logscale_factor):
+    """A zero-initialised learned ``(mean, log_std)`` of ``shape`` (last axis: channels), each
+    scaled per channel by ``exp(logscale_factor · logs)`` when the factor is non-zero."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    mean = module.param("mean", nn.initializers.zeros, shape)
+    log_std = module.param("log_std", nn.initializers.zeros, shape)
+    if logscale_factor:
+        c = shape[-1]
+        mean = mean * jnp.exp(logscale_factor * module.param("mean_logs", nn.initializers.zeros, (c,)))
+        log_std = log_std * jnp.exp(logscale_factor * module.param("log_std_logs", nn.initializers.zeros, (c,)))
+    return mean, log_std
 
 
 class LearnedPrior(Bijector):
@@ -229,19 +252,17 @@ class LearnedPrior(Bijector):
 
     ``logscale_factor > 0``: both are scaled per channel by ``exp(logscale_factor · logs)``,
     as Glow's zero conv does (see :class:`ZeroConv`).
+
+    ``per_channel=True``: one mean and log-std per channel, as Glow's ``learntop`` and
+    normflows' ``GlowBase`` have.
     """
 
     logscale_factor: float = 0.0
+    per_channel: bool = False
 
     @nn.compact
     def __call__(self, z, inverse=False):
-        shape = z.shape[1:]
-        mean = self.param("mean", nn.initializers.zeros, shape)
-        log_std = self.param("log_std", nn.initializers.zeros, shape)
-        if self.logscale_factor:
-            c = shape[-1]
-            mean = mean * jnp.exp(self.logscale_factor * self.param("mean_logs", nn.initializers.zeros, (c,)))
-            log_std = log_std * jnp.exp(self.logscale_factor * self.param("log_std_logs", nn.initializers.zeros, (c,)))
+        mean, log_std = _channel_stats(self, z.shape[-1:] if self.per_channel else z.shape[1:], self.logscale_factor)
         return F.conditional_standardize(
             z, jnp.broadcast_to(mean, z.shape), jnp.broadcast_to(log_std, z.shape), inverse=inverse
         )

@@ -23,6 +23,7 @@ from kernels import flows as F
 from zoo.flows.layers import ActNorm, Bijector, FlowStep, LearnedPrior, SplitPrior, scan_steps
 
 REMAT_MODES = ("auto", "on", "off")
+PRIORS = ("split2d", "per_channel")  # Glow's conditional split priors / normflows' per-channel ones
 
 
 def _check_images(owner, x, image_shape):
@@ -90,6 +91,7 @@ class MultiScaleFlow(FlowModel):
     remat: str = "auto"
     coupling_init: str = "lecun"
     logscale_factor: float = 0.0
+    priors: str = "split2d"
 
     def latent_shapes(self) -> list[tuple[int, int, int]]:
         """Shapes of the per-level latents, in the order they appear in ``z``."""
@@ -115,6 +117,8 @@ class MultiScaleFlow(FlowModel):
             )
         if self.depth < 1:
             raise ValueError(f"MultiScaleFlow: `depth` must be >= 1; got {self.depth}")
+        if self.priors not in PRIORS:
+            raise ValueError(f"MultiScaleFlow: `priors` must be one of {PRIORS}; got {self.priors!r}")
         if self.remat not in REMAT_MODES:
             raise ValueError(f"MultiScaleFlow: `remat` must be one of {REMAT_MODES}; got {self.remat!r}")
         def make_step():
@@ -126,11 +130,11 @@ class MultiScaleFlow(FlowModel):
             self.steps = [make_step() for _ in range(self.levels)]
         else:
             self.steps = [[make_step() for _ in range(self.depth)] for _ in range(self.levels)]
-        self.split_priors = [SplitPrior(self.logscale_factor) for _ in range(self.levels - 1)]
+        self.split_priors = [SplitPrior(self.logscale_factor, conditional=self.priors == "split2d") for _ in range(self.levels - 1)]
         if self.final_actnorm:
             self.final = ActNorm(self.actnorm if self.actnorm != "none" else "zero")
         if self.learn_top:
-            self.top = LearnedPrior(self.logscale_factor)
+            self.top = LearnedPrior(self.logscale_factor, per_channel=self.priors == "per_channel")
 
     def _level(self, level, h, inverse):
         if self.scan:
