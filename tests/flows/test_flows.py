@@ -43,6 +43,8 @@ def make(name):
         return NICE(SHAPE, num_couplings=4, hidden=16, num_hidden_layers=2)
     if name == "glow_options":  # Glow's exp(3·logs) zero convs and top prior, PyTorch's init
         return MultiScaleFlow(SHAPE, levels=2, depth=2, width=8, coupling_init="torch", logscale_factor=3.0)
+    if name == "glow_per_channel_priors":  # normflows' priors, with the exp(3·logs) scaling
+        return MultiScaleFlow(SHAPE, levels=2, depth=2, width=8, priors="per_channel", logscale_factor=3.0)
     return MultiScaleFlow(SHAPE, levels=2, depth=2, width=8, **MODELS[name])
 
 
@@ -61,7 +63,7 @@ def initialised(name):
 
 
 # slogdet 1x1 / actnorm="none" / unrolled: layer and scan tests
-@pytest.mark.parametrize("name", [*MODELS, "nice", "glow_options"])
+@pytest.mark.parametrize("name", [*MODELS, "nice", "glow_options", "glow_per_channel_priors"])
 def test_model_round_trips_and_log_det_equals_slogdet_of_the_jacobian(name):
     model, x, _, variables = initialised(name)
     apply = jax.jit(model.apply, static_argnames="inverse")
@@ -191,6 +193,8 @@ def test_bad_model_input_raises_clear_errors():
         MultiScaleFlow(SHAPE, permutation="shuffle").init(jax.random.key(0), jnp.zeros((1, *SHAPE)))
     with pytest.raises(ValueError, match=r"CouplingNet: `init_scheme` must be one of \('lecun', 'torch'\); got 'xavier'"):
         MultiScaleFlow(SHAPE, coupling_init="xavier").init(jax.random.key(0), jnp.zeros((1, *SHAPE)))
+    with pytest.raises(ValueError, match=r"`priors` must be one of \('split2d', 'per_channel'\); got 'gaussian'"):
+        MultiScaleFlow(SHAPE, priors="gaussian").init(jax.random.key(0), jnp.zeros((1, *SHAPE)))
     with pytest.raises(ValueError, match=r"`remat` must be one of \('auto', 'on', 'off'\); got True"):
         MultiScaleFlow(SHAPE, remat=True).init(jax.random.key(0), jnp.zeros((1, *SHAPE)))
     with pytest.raises(ValueError, match=r"`z` must have shape \[B, D\] = \[B, 64\]; got shape \(2, 63\)"):
