@@ -121,9 +121,15 @@ class ZeroConv(nn.Module):
     @nn.compact
     def __call__(self, x):
         y = Conv(self.features, 3, padding="SAME", kernel_init=nn.initializers.zeros, name="Conv_0")(x)
-        if self.logscale_factor:
-            y = y * jnp.exp(self.logscale_factor * self.param("logs", nn.initializers.zeros, (self.features,)))
-        return y
+        return _glow_logscale(self, y, self.logscale_factor, "logs")
+
+
+def _glow_logscale(module, x, factor, name):
+    """``x · exp(factor · logs)`` with ``logs`` a zero-initialised per-channel parameter of
+    ``module`` named ``name`` (Glow's ``logscale_factor``); ``x`` itself when ``factor`` is 0."""
+    if not factor:
+        return x
+    return x * jnp.exp(factor * module.param(name, nn.initializers.zeros, (x.shape[-1],)))
 
 
 class CouplingNet(nn.Module):
@@ -227,7 +233,7 @@ class SplitPrior(Bijector):
             stats = ZeroConv(2 * z.shape[-1], self.logscale_factor)(h)
             mean, log_std = stats[..., 0::2], stats[..., 1::2]
         else:
-            mean, log_std = _channel_stats(self, z.shape[-1], self.logscale_factor)
+            mean, log_std = _channel_stats(self, z.shape[-1:], self.logscale_factor)
             mean, log_std = jnp.broadcast_to(mean, z.shape), jnp.broadcast_to(log_std, z.shape)
         return F.conditional_standardize(z, mean, log_std, inverse=inverse)
 
@@ -235,14 +241,10 @@ class SplitPrior(Bijector):
 def _channel_stats(module, shape, logscale_factor):
     """A zero-initialised learned ``(mean, log_std)`` of ``shape`` (last axis: channels), each
     scaled per channel by ``exp(logscale_factor · logs)`` when the factor is non-zero."""
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    mean = module.param("mean", nn.initializers.zeros, shape)
-    log_std = module.param("log_std", nn.initializers.zeros, shape)
-    if logscale_factor:
-        c = shape[-1]
-        mean = mean * jnp.exp(logscale_factor * module.param("mean_logs", nn.initializers.zeros, (c,)))
-        log_std = log_std * jnp.exp(logscale_factor * module.param("log_std_logs", nn.initializers.zeros, (c,)))
-    return mean, log_std
+    mean = module.param("mean", nn.initializers.zeros, tuple(shape))
+    log_std = module.param("log_std", nn.initializers.zeros, tuple(shape))
+    return (_glow_logscale(module, mean, logscale_factor, "mean_logs"),
+            _glow_logscale(module, log_std, logscale_factor, "log_std_logs"))
 
 
 class LearnedPrior(Bijector):

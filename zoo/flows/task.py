@@ -40,8 +40,9 @@ def make_model(config: ml_collections.ConfigDict, image_shape):
     if m.kind == "multiscale":
         return MultiScaleFlow(
             image_shape, m.levels, m.depth, m.width, m.actnorm, m.permutation, m.coupling, m.learn_top, m.final_actnorm,
-            m.scan, m.get("remat", "auto"), m.get("coupling_init", "lecun"), m.get("logscale_factor", 0.0), m.get("priors", "split2d"),
-            # ^ run directories from before these options lack them
+            m.scan,
+            # run directories from before these options lack them
+            m.get("remat", "auto"), m.get("coupling_init", "lecun"), m.get("logscale_factor", 0.0), m.get("priors", "split2d"),
         )  # fmt: skip
     raise ValueError(f"config.model.kind must be one of {KINDS}; got {m.kind!r}")
 
