@@ -107,6 +107,40 @@ def test_stable_logvar_bounds_and_keeps_gradients():
     np.testing.assert_array_equal(L.stable_logvar(raw, 0.0), raw)
 
 
+def test_hard_logvar_clamp_clips_with_zero_gradient_outside():
+    raw = jnp.array([-1e4, -10.5, -3.0, 0.0, 3.0, 10.5, 1e4])
+    np.testing.assert_array_equal(L.stable_logvar(raw, 10.0, "hard"), np.clip(np.asarray(raw), -10.0, 10.0))
+    grad = jax.vmap(jax.grad(lambda r: L.stable_logvar(r, 10.0, "hard")))(raw)
+    np.testing.assert_array_equal(grad, [0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match=r"stable_logvar: `clamp` must be one of \('soft', 'hard'\); got 'tanh'"):
+        L.stable_logvar(raw, 10.0, "tanh")
+
+
+@pytest.mark.parametrize("clamp", ["soft", "hard"])
+def test_binding_logvar_clamp_under_adam(clamp):
+    """A loss that keeps pushing the log-variance down (as a long Gaussian-VAE run does at
+    the bound): Adam turns the soft clamp's vanishing gradient into full-size steps, so the
+    raw value drifts without limit; the hard clamp's zero gradient stops it at the bound."""
+    import optax
+
+    tx = optax.adam(0.1)
+    grad_fn = jax.grad(lambda r: L.stable_logvar(r, 10.0, clamp))
+
+    def step(carry, _):
+        raw, state = carry
+        updates, state = tx.update(grad_fn(raw), state)
+        return (optax.apply_updates(raw, updates), state), None
+
+    raw = jnp.zeros(())
+    (raw, _), _ = jax.jit(lambda c: jax.lax.scan(step, c, None, length=5000))((raw, tx.init(raw)))
+    value = float(L.stable_logvar(raw, 10.0, clamp))
+    assert value < -9.9, value  # the bound is reached either way
+    if clamp == "soft":
+        assert float(raw) < -40.0, float(raw)  # -43 here, -80 after 20,000 steps: it never stops
+    else:
+        assert -12.0 < float(raw) <= -10.0, float(raw)  # momentum overshoots a little, then stops
+
+
 def test_bits_per_dim():
     assert float(L.bits_per_dim(784 * math.log(2), 784)) == pytest.approx(1.0)
     # a density over [0, 1)^P that is uniform has log p = 0, i.e. 8 bits per 8-bit pixel

@@ -208,6 +208,9 @@ def test_bad_inputs_raise_clear_errors(data_dir):
     with pytest.raises(ValueError, match="`likelihood` must be one of"):
         bad = VAE(MLPEncoder(2), MLPDecoder(SHAPE), SHAPE, 2, likelihood="poisson")
         bad.init(jax.random.key(0), x, jax.random.key(0))
+    with pytest.raises(ValueError, match=r"VAE: `clamp` must be one of \('soft', 'hard'\); got 'tanh'"):
+        bad = VAE(MLPEncoder(2), MLPDecoder(SHAPE), SHAPE, 2, clamp="tanh")
+        bad.init(jax.random.key(0), x, jax.random.key(0))
     c = vae.get_config("smoke")
     c.data.binarize = "none"
     with pytest.raises(ValueError, match="`config.model.likelihood` must be 'gaussian'"):
@@ -221,3 +224,22 @@ def test_bad_inputs_raise_clear_errors(data_dir):
     with pytest.raises(ValueError, match="`config.model.kind` must be one of"):
         task.get_task(c, None)
 
+
+
+def test_clamp_applies_to_both_log_variances():
+    """``clamp="hard"`` clips the encoder's log-variance and the decoder's log-scales to their
+    bounds (here the median raw magnitude, so that half the values pass it); ``"soft"`` is
+    ``bound·tanh(raw/bound)``."""
+    model, v, x, _ = tiny()
+    _, raw = model.apply(v, x, method=lambda mod, x: mod.encoder(x))
+    bound = float(np.median(np.abs(raw)))
+    for clamp in ("soft", "hard"):
+        _, logvar = model.clone(clamp=clamp, logvar_bound=bound).apply(v, x, method="encode")
+        want = np.clip(raw, -bound, bound) if clamp == "hard" else bound * np.tanh(raw / bound)
+        np.testing.assert_allclose(logvar, want, rtol=1e-6, atol=1e-6)
+    g = VAE(MLPEncoder(3, (16,)), MLPDecoder((*SHAPE[:2], 2), (16,)), SHAPE, 3, likelihood="gaussian",
+            scale="decoder", log_scale_bound=0.5, clamp="hard")  # fmt: skip
+    recon = np.random.default_rng(3).normal(0, 3, (6, *SHAPE[:2], 2)).astype(np.float32)
+    mean, log_scale = g.gaussian_params(recon)
+    np.testing.assert_array_equal(log_scale, np.clip(recon[..., 1:], -0.5, 0.5))
+    np.testing.assert_array_equal(mean, recon[..., :1])

@@ -45,11 +45,27 @@ def _check_pair(fn, a, b, a_name, b_name):
         raise _error(fn, b_name, f"the shape of `{a_name}` {tuple(jnp.shape(a))}", f"shape {tuple(jnp.shape(b))}")
 
 
-def stable_logvar(raw, bound: float = 10.0):
-    """``bound·tanh(raw/bound)``: a smooth clamp of a log-variance to ``(−bound, bound)``;
-    about the identity for ``|raw| ≪ bound``. ``bound <= 0`` leaves ``raw`` unchanged."""
+CLAMPS = ("soft", "hard")
+
+
+def stable_logvar(raw, bound: float = 10.0, clamp: str = "soft"):
+    """A log-variance clamped to ``[−bound, bound]``. ``bound <= 0`` leaves ``raw`` unchanged.
+
+    ``clamp="soft"``: ``bound·tanh(raw/bound)``, about the identity for ``|raw| ≪ bound``.
+    ``clamp="hard"``: ``clip(raw, −bound, bound)``, the identity inside, zero gradient outside.
+
+    Why both: when the bound binds (the loss keeps pushing the value past it), the soft
+    clamp's gradient is tiny but never zero and keeps its sign, and Adam, which is
+    invariant to the gradient's scale, turns it into full-size steps: ``raw`` then drifts
+    without limit (−130 to −500 in a long Gaussian-VAE run, whose encoder weights grew
+    with it until training diverged). The hard clamp's zero gradient stops that drift.
+    """
+    if clamp not in CLAMPS:
+        raise _error("stable_logvar", "clamp", f"one of {CLAMPS}", repr(clamp))
     if bound <= 0:
         return raw
+    if clamp == "hard":
+        return jnp.clip(raw, -bound, bound)
     return bound * jnp.tanh(raw / bound)
 
 

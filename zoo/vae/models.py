@@ -138,7 +138,9 @@ class VAE(nn.Module):
         A learned parameter moves about one learning rate per Adam step, too slowly to
         reach the small scales of near-constant pixels (MNIST's background) in a short run;
         the decoder's output gets there within a few hundred steps.
-      logvar_bound: the soft clamp of :func:`zoo.vae.losses.stable_logvar`.
+      logvar_bound: the bound of the encoder's log-variance (:func:`zoo.vae.losses.stable_logvar`).
+      clamp: how both log-variance bounds are applied, ``"soft"`` (tanh) or ``"hard"`` (clip);
+        see :func:`zoo.vae.losses.stable_logvar` for why a binding soft clamp drifts under Adam.
     """
 
     encoder: nn.Module
@@ -150,8 +152,11 @@ class VAE(nn.Module):
     log_scale: float = 0.0
     logvar_bound: float = 10.0
     log_scale_bound: float = 8.0
+    clamp: str = "soft"
 
     def setup(self):
+        if self.clamp not in losses.CLAMPS:
+            raise _error(type(self).__name__, "clamp", f"one of {losses.CLAMPS}", repr(self.clamp))
         if self.likelihood not in LIKELIHOODS:
             raise _error(type(self).__name__, "likelihood", f"one of {LIKELIHOODS}", repr(self.likelihood))
         if self.scale not in SCALES:
@@ -178,7 +183,7 @@ class VAE(nn.Module):
         """``x [B, H, W, C]`` -> ``(mean, logvar)`` ``[B, D]``, log-variance soft-clamped."""
         self._check_images(x)
         mean, raw = self.encoder(x)
-        return mean, losses.stable_logvar(raw, self.logvar_bound)
+        return mean, losses.stable_logvar(raw, self.logvar_bound, self.clamp)
 
     def decode(self, z):
         """``z [B, D]`` -> logits (Bernoulli) or means (Gaussian) ``[B, H, W, C]``; with
@@ -193,7 +198,7 @@ class VAE(nn.Module):
         """Decoder output -> ``(mean, log_scale)`` of the Gaussian decoder (see ``scale``)."""
         if self.scale == "decoder":
             c = recon.shape[-1] // 2
-            return recon[..., :c], losses.stable_logvar(recon[..., c:], self.log_scale_bound)
+            return recon[..., :c], losses.stable_logvar(recon[..., c:], self.log_scale_bound, self.clamp)
         if self.scale == "pixel":
             return recon, self.pixel_log_scale
         return recon, jnp.asarray(self.log_scale, jnp.float32)
