@@ -22,7 +22,8 @@ Parts (``--parts``, default all but ``train``):
   warm-up and global-norm clipping); test bits/dim and median step time.
 
 Run: ``python -m benchmarks.run flows [--parts logdet,step,compile,train] [--train-steps
-1500] [--quick] [--out DIR]``. Writes ``benchmarks/results/flows-<platform>.jsonl`` and
+1500] [--seeds 0,1] [--priors split2d|per_channel] [--quick] [--out DIR]``. ``--priors per_channel``
+gives the zoo's Glow normflows' priors (``model.priors``), for a like-for-like comparison. Writes ``benchmarks/results/flows-<platform>.jsonl`` and
 ``.md``; a run of ``--parts train`` alone writes ``flows-train-<platform>.*`` instead, so the
 long training comparison and the quick parts keep separate tables.
 """
@@ -43,6 +44,7 @@ import numpy as np
 
 from benchmarks import harness
 from kernels import flows as F
+from zoo.flows.model import PRIORS
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
 PARTS = ("logdet", "step", "compile", "train")
@@ -118,9 +120,15 @@ def _glow_config(args):
     from zoo.flows.configs import glow
 
     c = glow.get_config("")
-    c.model.update(levels=args.levels, depth=args.depth, width=args.width)
+    c.model.update(levels=args.levels, depth=args.depth, width=args.width, priors=args.priors)
     c.data.batch_size = args.batch
     return c
+
+
+def _zoo_impl(args) -> str:
+    """The zoo's row name: ``zoo-jax``, or ``zoo-jax (per_channel priors)`` when ``--priors``
+    is not the default, so tables from both settings cannot be confused."""
+    return "zoo-jax" if args.priors == "split2d" else f"zoo-jax ({args.priors} priors)"
 
 
 def zoo_glow_step(config, images: np.ndarray):
@@ -164,7 +172,7 @@ def bench_step(args, torch_ok: bool) -> list[dict]:
         r = harness.time_callable(call, warmup=args.warmup, repeats=args.repeats)
     loss = float(r.pop("output")["loss"])
     shape = f"L{args.levels} K{args.depth} W{args.width} {'x'.join(map(str, args.image_shape))}"
-    zoo = {"section": "step", "task": "glow train step", "impl": "zoo-jax", "config": shape, "batch": args.batch,
+    zoo = {"section": "step", "task": "glow train step", "impl": _zoo_impl(args), "config": shape, "batch": args.batch,
            "lower_ms": (t1 - t0) * 1e3, "compile_ms": (t2 - t1) * 1e3, **r, "last_loss": loss,
            "num_params": n_params, "check_ok": bool(np.isfinite(loss)), "other_cpu_cores": load.cores}  # fmt: skip
     records = [zoo]
@@ -246,7 +254,7 @@ def _train_one_seed(args, torch_ok: bool, seed: int) -> list[dict]:
     wall = time.perf_counter() - t0
     lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     rates = [r["steps_per_sec"] for r in lines if r["split"] == "train" and "steps_per_sec" in r][1:]
-    zoo = {"section": "train", "task": f"glow {args.dataset} {args.train_steps} steps", "impl": "zoo-jax",
+    zoo = {"section": "train", "task": f"glow {args.dataset} {args.train_steps} steps", "impl": _zoo_impl(args),
            "seed": seed, "test_bpd": ev["test_bpd"], "median_ms": 1e3 / float(np.median(rates)) if rates else None,
            "wall_s": wall, "check_ok": bool(np.isfinite(ev["test_bpd"]))}  # fmt: skip
     records = [zoo]
@@ -317,6 +325,8 @@ def _parser():
     p.add_argument("--train-steps", type=int, default=1500)
     p.add_argument("--seeds", type=_seeds, default=(0,), help="comma-separated seeds of the training comparison (default 0)")
     p.add_argument("--dataset", default="fashion_mnist")
+    p.add_argument("--priors", choices=PRIORS, default="split2d",
+                   help="the zoo Glow's priors: Glow's conditional split2d (default) or per_channel, as normflows' Glow has")
     p.add_argument("--quick", action="store_true", help="tiny shapes, 2 repeats; writes to a temporary folder unless --out")
     p.add_argument("--out", type=pathlib.Path, default=None)
     return p

@@ -48,3 +48,14 @@ def test_training_comparison_adds_a_mean_row_per_impl(monkeypatch):
     assert means["zoo-jax"]["test_bpd"] == pytest.approx(4.1)
     assert means["zoo-jax"]["test_bpd_std"] == pytest.approx(0.2 / 2**0.5)
     assert means["normflows-torch"]["test_bpd"] == pytest.approx(4.3)
+
+
+def test_priors_option_reaches_the_zoo_config_and_row_name():
+    parse = bench_flows._parser().parse_args
+    args = parse([])
+    assert bench_flows._glow_config(args).model.priors == "split2d" and bench_flows._zoo_impl(args) == "zoo-jax"
+    args = parse(["--priors", "per_channel"])
+    assert bench_flows._glow_config(args).model.priors == "per_channel"
+    assert bench_flows._zoo_impl(args) == "zoo-jax (per_channel priors)"
+    with pytest.raises(SystemExit):
+        parse(["--priors", "learned"])
