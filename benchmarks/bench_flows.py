@@ -13,7 +13,9 @@ Parts (``--parts``, default all but ``train``):
   batch 64, 28×28×1) — the step function ``zoo train glow`` runs (``make_train_step`` on
   the flow task's loss and optimizer; init from this random batch) — against normflows' Glow of
   the same levels, depth and width (``benchmarks/peers/flows_torch.py``). Both get the
-  same random uint8 batch. Check: both losses finite; parameter counts reported.
+  same random uint8 batch. Check: both losses finite; parameter counts reported. Model FLOPs per
+  step (XLA's cost analysis of the unrolled step, no recomputation; the same architecture for both)
+  give each a GFLOP/s rate, beside the rate of the step's dominant matmul alone.
 * ``compile``: lower + compile time of the Glow train-step gradient for one level of
   depth K ∈ {1, 2, 4, 8, 16, 32}, steps under ``nn.scan`` (the default) and unrolled.
 * ``train`` (long; not in the default set): the zoo's Glow and normflows' Glow trained
@@ -153,9 +155,36 @@ def zoo_glow_step(config, images: np.ndarray):
     return make_train_step(task, mesh), state, parallel.shard_batch({"images": images}, mesh), jax.random.key(1), n_params
 
 
+def step_gflop(config, images: np.ndarray) -> float:
+    """Model FLOPs of one train step in GFLOP: XLA's cost analysis of the step with its flow steps
+    unrolled and no recomputation (a ``scan`` body would be counted once, not ``depth`` times).
+    Both implementations compute this much; the zoo's CPU remat adds about a forward pass more."""
+    config = config.copy_and_resolve_references()
+    config.model.update(scan=False, remat="off")
+    step, state, batch, key, _ = zoo_glow_step(config, images)
+    cost = step.lower(state, batch, key).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"]) / 1e9
+
+
+def bench_matmul(args) -> dict:
+    """The step's dominant product, the 1×1 convolution's ``[B·H·W, width] @ [width, width]``
+    at the first level, as a reference rate for what the CPU's matmuls reach at this shape."""
+    rows = args.batch * (args.image_shape[0] // 2) * (args.image_shape[1] // 2)
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.normal(size=(rows, args.width)).astype(np.float32))
+    b = jnp.asarray(rng.normal(size=(args.width, args.width)).astype(np.float32))
+    r = harness.time_jax(jnp.matmul, a, b, warmup=args.warmup, repeats=max(args.repeats, 20))
+    r.pop("output")
+    gflop = 2.0 * rows * args.width * args.width / 1e9
+    return {"section": "step", "task": "dominant matmul", "impl": "xla", "config": f"[{rows}, {args.width}] @ [{args.width}, {args.width}]",
+            **r, "model_gflop": gflop, "gflop_per_s": gflop / (r["median_ms"] / 1e3), "check_ok": True}  # fmt: skip
+
+
 def bench_step(args, torch_ok: bool) -> list[dict]:
     config = _glow_config(args)
     images = np.random.default_rng(0).integers(0, 256, size=(args.batch, *args.image_shape), dtype=np.uint8)
+    gflop = step_gflop(config, images)
     step, state, batch, key, n_params = zoo_glow_step(config, images)
     t0 = time.perf_counter()
     lowered = step.lower(state, batch, key)
@@ -189,7 +218,12 @@ def bench_step(args, torch_ok: bool) -> list[dict]:
     for rec in records:
         rec["time_vs_zoo"] = rec["median_ms"] / zoo["median_ms"]
         rec["images_per_s"] = args.batch / (rec["median_ms"] / 1e3)
-    print("step: " + "; ".join(f"{r['impl']} {r['median_ms']:.0f} ms" for r in records), flush=True)
+        rec["model_gflop"] = gflop
+        rec["gflop_per_s"] = gflop / (rec["median_ms"] / 1e3)
+    with harness.OtherCpuLoad() as load:
+        matmul = bench_matmul(args)
+    records.append({**matmul, "other_cpu_cores": load.cores})
+    print("step: " + "; ".join(f"{r['impl']} {r['median_ms']:.1f} ms ({r['gflop_per_s']:.0f} GFLOP/s)" for r in records), flush=True)
     return records
 
 
@@ -291,7 +325,8 @@ def markdown(env: dict, command: str, records: list[dict], notes: list[str]) -> 
             "logdet_rel_err", ("other_cpu_cores", "other cores")]),
         "step": ("Glow training step (dequantise, forward, bits/dim, backward, Adam)", [
             "task", "impl", "config", "batch", "median_ms", "p90_ms", "compile_ms", ("images_per_s", "images/s"),
-            ("time_vs_zoo", "time / zoo"), "num_params", "check_ok", ("other_cpu_cores", "other cores")]),
+            ("time_vs_zoo", "time / zoo"), ("model_gflop", "model GFLOP"), ("gflop_per_s", "GFLOP/s"), "num_params",
+            "check_ok", ("other_cpu_cores", "other cores")]),
         "compile": ("Compile time of one level's gradient vs depth", [
             "impl", "depth", "lower_ms", "compile_ms", "hlo_chars"]),
         "train": ("Equal-budget training", [

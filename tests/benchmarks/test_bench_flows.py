@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 import pytest
 
 from benchmarks import bench_flows, run
@@ -59,3 +61,16 @@ def test_priors_option_reaches_the_zoo_config_and_row_name():
     assert bench_flows._zoo_impl(args) == "zoo-jax (per_channel priors)"
     with pytest.raises(SystemExit):
         parse(["--priors", "learned"])
+
+
+def test_step_gflop_counts_every_flow_step():
+    """Each flow step adds the same FLOPs, so the count is affine in depth with a positive slope
+    (counting a ``scan`` body once would make it flat)."""
+    args = bench_flows._parser().parse_args(["--levels", "1", "--width", "8", "--batch", "2"])
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 4, 4, 1), dtype=np.uint8)
+    flops = []
+    for depth in (1, 2, 3):
+        args.depth = depth
+        flops.append(bench_flows.step_gflop(bench_flows._glow_config(args), images))
+    assert flops[1] - flops[0] > 0
+    assert flops[2] - flops[1] == pytest.approx(flops[1] - flops[0], rel=1e-6)
