@@ -243,3 +243,28 @@ def test_clamp_applies_to_both_log_variances():
     mean, log_scale = g.gaussian_params(recon)
     np.testing.assert_array_equal(log_scale, np.clip(recon[..., 1:], -0.5, 0.5))
     np.testing.assert_array_equal(mean, recon[..., :1])
+
+
+def test_cosine_schedule_decays_the_learning_rate_to_zero():
+    """``optim.schedule="cosine"``: Adam's first step moves a parameter by the full learning rate,
+    the step at ``train.num_steps`` by nothing; ``"constant"`` keeps it; unknown names fail."""
+    c = vae.get_config("smoke")
+    c.train.num_steps = 10
+    sizes = {}
+    for schedule in ("constant", "cosine"):
+        c.optim.schedule = schedule
+        tx = task.make_optimizer(c)
+        params = jnp.zeros(3)
+        state = tx.init(params)
+        steps = []
+        for _ in range(11):
+            updates, state = tx.update(jnp.ones(3), state, params)
+            steps.append(float(jnp.abs(updates).max()))
+        sizes[schedule] = steps
+    lr = c.optim.learning_rate
+    assert sizes["constant"][0] == pytest.approx(lr, rel=1e-4) and sizes["constant"][10] == pytest.approx(lr, rel=1e-4)
+    assert sizes["cosine"][0] == pytest.approx(lr, rel=1e-4) and sizes["cosine"][10] == 0.0
+    assert sizes["cosine"][5] == pytest.approx(lr / 2, rel=1e-3)  # half way down the cosine
+    c.optim.schedule = "linear"
+    with pytest.raises(ValueError, match="`config.optim.schedule` must be one of"):
+        task.make_optimizer(c)

@@ -64,13 +64,24 @@ def make_model(config: ml_collections.ConfigDict, image_shape=(28, 28, 1)) -> VA
     return CVAE(**kwargs, num_classes=m.num_classes) if m.conditional else VAE(**kwargs)
 
 
+SCHEDULES = ("constant", "cosine")
+
+
 def make_optimizer(config) -> optax.GradientTransformation:
+    """``config.optim.name`` at ``learning_rate``, constant or (``schedule="cosine"``) decayed to 0
+    over ``config.train.num_steps``, after an optional global-norm clip (``grad_clip > 0``)."""
     o = config.optim
     opt = {"adam": optax.adam, "rmsprop": optax.rmsprop}
     if o.name not in opt:
         raise _error("make_optimizer", "config.optim.name", f"one of {tuple(opt)}", repr(o.name))
+    schedule = o.get("schedule", "constant")
+    if schedule not in SCHEDULES:
+        raise _error("make_optimizer", "config.optim.schedule", f"one of {SCHEDULES}", repr(schedule))
+    lr = o.learning_rate
+    if schedule == "cosine":
+        lr = optax.cosine_decay_schedule(o.learning_rate, max(int(config.train.num_steps), 1))
     parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
-    return optax.chain(*parts, opt[o.name](o.learning_rate))
+    return optax.chain(*parts, opt[o.name](lr))
 
 
 def check_data_and_likelihood(config, fn: str = "vae task") -> None:

@@ -19,7 +19,7 @@ def base_config() -> ml_collections.ConfigDict:
         log_scale_bound=8.0, clamp="soft",
     )  # fmt: skip
     c.loss = dict(iwae_k=1)
-    c.optim = dict(name="adam", learning_rate=1e-3, grad_clip=0.0)
+    c.optim = dict(name="adam", learning_rate=1e-3, grad_clip=0.0, schedule="constant")
     c.eval = dict(iwae_k=(5, 50), noise_seed=1, num_samples=80, num_reconstructions=32)
     c.train = train_defaults(num_steps=3000, log_every=100, ckpt_every=1000)
     return c
