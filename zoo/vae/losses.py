@@ -13,10 +13,11 @@ per-example values ``[B]`` (or ``[K, B]``) in nats; callers take the batch mean.
   :func:`log_importance_weights` / :func:`iwae_bound` (Burda et al.'s ``L_k``;
   ``L_1`` is the single-sample Monte Carlo ELBO).
 
-Log-variances: :func:`stable_logvar` soft-clamps the encoder's raw log σ² to
-``(−bound, bound)`` with ``bound·tanh(raw/bound)``. Unlike a hard clip it keeps a non-zero
-gradient everywhere, and ``exp(log σ²)`` can then neither overflow nor underflow to 0
-(the traps the spec lists for ``exp`` of an unbounded log-variance).
+Log-variances: :func:`stable_logvar` bounds the encoder's raw log σ² to ``[−bound, bound]``,
+so that ``exp(log σ²)`` can neither overflow nor underflow to 0 (the traps the spec lists for
+``exp`` of an unbounded log-variance): softly, ``bound·tanh(raw/bound)`` (a non-zero gradient
+everywhere), or with a hard clip, which long runs need because a binding soft clamp drifts
+under Adam (see :func:`stable_logvar`).
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ def stable_logvar(raw, bound: float = 10.0, clamp: str = "soft"):
     Why both: when the bound binds (the loss keeps pushing the value past it), the soft
     clamp's gradient is tiny but never zero and keeps its sign, and Adam, which is
     invariant to the gradient's scale, turns it into full-size steps: ``raw`` then drifts
-    without limit (−130 to −500 in a long Gaussian-VAE run, whose encoder weights grew
-    with it until training diverged). The hard clamp's zero gradient stops that drift.
+    without limit (to −600 in a long Gaussian-VAE run, whose posterior means grew with it
+    until the KL exploded; docs/vae/long_runs.md). The hard clamp's zero gradient stops
+    that drift.
     """
     if clamp not in CLAMPS:
         raise _error("stable_logvar", "clamp", f"one of {CLAMPS}", repr(clamp))

@@ -134,7 +134,7 @@ class VAE(nn.Module):
       scale: the Gaussian decoder's log standard deviation: ``"fixed"`` at ``log_scale`` (post
         5343: MSE), ``"pixel"``: a learned per-pixel parameter initialised at ``log_scale``, or
         ``"decoder"``: predicted per pixel and per example by the decoder, whose output then
-        has ``2C`` channels (means, then raw log-scales soft-clamped to ``±log_scale_bound``).
+        has ``2C`` channels (means, then raw log-scales clamped to ``±log_scale_bound``).
         A learned parameter moves about one learning rate per Adam step, too slowly to
         reach the small scales of near-constant pixels (MNIST's background) in a short run;
         the decoder's output gets there within a few hundred steps.
@@ -180,7 +180,7 @@ class VAE(nn.Module):
                          f"dtype {jnp.result_type(x)}")  # fmt: skip
 
     def encode(self, x):
-        """``x [B, H, W, C]`` -> ``(mean, logvar)`` ``[B, D]``, log-variance soft-clamped."""
+        """``x [B, H, W, C]`` -> ``(mean, logvar)`` ``[B, D]``, log-variance clamped (``clamp``)."""
         self._check_images(x)
         mean, raw = self.encoder(x)
         return mean, losses.stable_logvar(raw, self.logvar_bound, self.clamp)
