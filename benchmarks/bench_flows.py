@@ -24,9 +24,9 @@ Parts (``--parts``, default all but ``train``):
   warm-up and global-norm clipping); test bits/dim and median step time.
 
 Run: ``python -m benchmarks.run flows [--parts logdet,step,compile,train] [--train-steps
-1500] [--seeds 0,1] [--priors split2d|per_channel] [--quick] [--out DIR]``. ``--priors per_channel``
-gives the zoo's Glow normflows' priors (``model.priors``), for a like-for-like comparison. Writes ``benchmarks/results/flows-<platform>.jsonl`` and
-``.md``; a run of ``--parts train`` alone writes ``flows-train-<platform>.*`` instead, so the
+1500] [--seeds 0,1] [--priors split2d|per_channel] [--quick] [--out DIR]``. ``--priors
+per_channel`` gives the zoo's Glow normflows' priors (``model.priors``), for a like-for-like
+comparison. Writes ``benchmarks/results/flows-<platform>.jsonl`` and ``.md``; a run of ``--parts train`` alone writes ``flows-train-<platform>.*`` instead, so the
 long training comparison and the quick parts keep separate tables.
 """
 
