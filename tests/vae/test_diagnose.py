@@ -10,11 +10,6 @@ from zoo.core import train_and_evaluate
 from zoo.vae import diagnose
 
 
-@pytest.fixture
-def data_dir(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("ZOO_DATA_DIR", str(tmp_path_factory.mktemp("tfds")))
-
-
 def test_diagnose_prints_one_line_per_checkpoint(tmp_path, data_dir, capsys):
     config = vae.get_config("gaussian_smoke")
     config.train.update(num_steps=4, ckpt_every=2, eval_every=4, progress=False)
@@ -24,6 +19,8 @@ def test_diagnose_prints_one_line_per_checkpoint(tmp_path, data_dir, capsys):
     assert diagnose.main([str(tmp_path), "--examples", "16"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["step"] for r in lines] == [2, 4]
+    with pytest.raises(ValueError, match=r"`--steps` must be checkpoints the run kept, \[2, 4\]; got \[3\]"):
+        diagnose.main([str(tmp_path), "--steps", "3"])
     bound = config.model.logvar_bound
     for r in lines:
         raw, clamped = r["encoder_raw_logvar"], r["encoder_logvar"]

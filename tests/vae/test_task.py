@@ -18,14 +18,6 @@ from zoo.vae.models import CVAE, VAE, ConvDecoder, ConvEncoder, MLPDecoder, MLPE
 SHAPE = (4, 4, 1)
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """One prepared copy of the offline data sets for the module (not the user's cache)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ZOO_DATA_DIR", str(tmp_path_factory.mktemp("tfds")))
-        yield
-
-
 @functools.lru_cache(maxsize=None)
 def tiny(conditional=False, likelihood="bernoulli"):
     """A small MLP VAE with perturbed weights (so the posterior is not the prior) and a batch."""

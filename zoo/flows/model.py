@@ -121,6 +121,7 @@ class MultiScaleFlow(FlowModel):
             raise ValueError(f"MultiScaleFlow: `priors` must be one of {PRIORS}; got {self.priors!r}")
         if self.remat not in REMAT_MODES:
             raise ValueError(f"MultiScaleFlow: `remat` must be one of {REMAT_MODES}; got {self.remat!r}")
+
         def make_step():
             return FlowStep(
                 self.width, self.actnorm, self.permutation, self.coupling, self.coupling_init, self.logscale_factor
@@ -130,7 +131,8 @@ class MultiScaleFlow(FlowModel):
             self.steps = [make_step() for _ in range(self.levels)]
         else:
             self.steps = [[make_step() for _ in range(self.depth)] for _ in range(self.levels)]
-        self.split_priors = [SplitPrior(self.logscale_factor, conditional=self.priors == "split2d") for _ in range(self.levels - 1)]
+        conditional = self.priors == "split2d"
+        self.split_priors = [SplitPrior(self.logscale_factor, conditional) for _ in range(self.levels - 1)]
         if self.final_actnorm:
             self.final = ActNorm(self.actnorm if self.actnorm != "none" else "zero")
         if self.learn_top:

@@ -19,6 +19,7 @@ Quantiles are ``[min, 1%, 50%, 99%, max]``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -32,6 +33,18 @@ QUANTILES = (0, 1, 50, 99, 100)
 
 def _quantiles(a) -> list[float]:
     return [round(float(q), 3) for q in np.percentile(np.asarray(a), QUANTILES)]
+
+
+@functools.lru_cache(maxsize=4)
+def _recon_nll(model):
+    """``(variables, x, key) -> −log p(x|z) [B]`` for one posterior sample, jitted once per model
+    (the parameters are an argument, so checkpoints after the first reuse the compiled program)."""
+
+    def fn(variables, x, key):
+        recon, *_ = model.apply(variables, x, key)
+        return -model.log_likelihood(recon, x)
+
+    return jax.jit(fn)
 
 
 def checkpoint_stats(model, params, train_x, test_images, binarize: str, batch_size: int = 500, seed: int = 0) -> dict:
@@ -62,17 +75,12 @@ def checkpoint_stats(model, params, train_x, test_images, binarize: str, batch_s
         recon, *_ = model.apply(variables, train_x, jax.random.key(seed))
         out["decoder_log_scale"] = _quantiles(model.gaussian_params(recon)[1])
 
-    @jax.jit
-    def recon_nll(x, key):
-        recon, *_ = model.apply(variables, x, key)
-        return -model.log_likelihood(recon, x)
-
     test_mode = "fixed" if binarize != "none" else "none"
     nll = []
     for i in range(0, len(test_images), batch_size):
         key = jax.random.fold_in(jax.random.key(seed), i)
         x = model_input(test_images[i : i + batch_size], jax.random.fold_in(key, 0), test_mode)
-        nll.append(np.asarray(recon_nll(x, jax.random.fold_in(key, 1)), np.float64))
+        nll.append(np.asarray(_recon_nll(model)(variables, x, jax.random.fold_in(key, 1)), np.float64))
     nll = np.sort(np.concatenate(nll))[::-1]
     out["test_recon_nll"] = {
         "mean": round(float(nll.mean()), 1),
@@ -101,9 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     if config.model_name != "vae":
         raise ValueError(f"zoo.vae.diagnose: `run_dir` must hold a `zoo train vae` run; got model {config.model_name!r}")
     checkpoints = args.run_dir / "checkpoints"
-    steps = args.steps or sorted(int(d.name) for d in checkpoints.iterdir() if d.name.isdigit())
-    if not steps:
+    kept = sorted(int(d.name) for d in checkpoints.iterdir() if d.name.isdigit()) if checkpoints.is_dir() else []
+    if not kept:
         raise FileNotFoundError(f"{args.run_dir} holds no checkpoint")
+    steps = args.steps or kept
+    missing = sorted(set(steps) - set(kept))
+    if missing:
+        raise ValueError(f"zoo.vae.diagnose: `--steps` must be checkpoints the run kept, {kept}; got {missing}")
     task = registry.get_task(config, None)
     (train_images, _), (test_images, _) = load_data(config)
     model = make_model(config, train_images.shape[1:])

@@ -15,7 +15,8 @@ def base_config() -> ml_collections.ConfigDict:
     )  # fmt: skip
     c.model = dict(
         kind="multiscale", levels=2, depth=8, width=128, actnorm="data", permutation="lu", coupling="affine",
-        learn_top=True, final_actnorm=False, scan=True, remat="auto", coupling_init="lecun", logscale_factor=0.0, priors="split2d",
+        learn_top=True, final_actnorm=False, scan=True, remat="auto", coupling_init="lecun", logscale_factor=0.0,
+        priors="split2d",
         # NICE
         num_couplings=4, hidden=1000, num_hidden_layers=5, output_relu=True, sign=-1.0,
     )  # fmt: skip
