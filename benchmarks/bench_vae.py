@@ -7,7 +7,8 @@ Bernoulli/BCE reconstruction, analytic KL, one posterior sample, Adam at 1e-3, b
 ``--batch``, ``--steps`` steps.
 
 * zoo-jax: the jitted step ``zoo train vae`` runs (``make_train_step`` on the VAE task's
-  loss and optimiser). Timed per step: the host batch to device (``shard_batch``), the
+  loss and optimiser, with the config's ``train.cpu_compiler_options``: YNNPACK keeps dots
+  and convolutions, not reductions; ``zoo.core.config.YNNPACK_NO_REDUCE``). Timed per step: the host batch to device (``shard_batch``), the
   step, ``block_until_ready`` on its metrics. Lowering and XLA compilation are timed
   once, before the loop, and reported apart (``compile_ms``).
 * pythae-torch: ``pythae.models.VAE`` with the same MLP (``benchmarks/peers/vae_torch.py``);
@@ -68,7 +69,7 @@ def _nats_record(nats: float, num_dims: int) -> float:
 
 def bench_zoo(args, config, test_images, test_labels) -> dict:
     from zoo.core import parallel
-    from zoo.core.train import init_state, make_train_step
+    from zoo.core.train import cpu_compiler_options, init_state, make_train_step
     from zoo.vae import task as vae_task
 
     task = vae_task.get_task(config, None)
@@ -76,7 +77,7 @@ def bench_zoo(args, config, test_images, test_labels) -> dict:
     mesh = parallel.data_mesh(1)
     state = init_state(task, jax.random.key(config.seed), mesh)
     n_params = sum(int(np.size(x)) for x in jax.tree.leaves(state.params))
-    step = make_train_step(task, mesh)
+    step = make_train_step(task, mesh, compiler_options=cpu_compiler_options(config.train, mesh))  # as `zoo train`
     batches = task.train_batches(0)
     loop_key = jax.random.key(1)
     first = parallel.shard_batch(next(task.train_batches(0)), mesh)

@@ -127,6 +127,22 @@ def test_cpu_compiler_options_reach_the_train_steps_compile(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_ynnpack_no_reduce_keeps_dots_and_moves_reductions_out():
+    """``YNNPACK_NO_REDUCE`` is a valid option value (jaxlib renames would fail here) and does
+    what the VAE configs set it for: the dot stays a YNNPACK fusion, the row sum leaves."""
+    from zoo.core.config import YNNPACK_NO_REDUCE
+
+    def fn(x, w):
+        return x @ w, jnp.sum(x * x, axis=1)
+
+    x, w = jnp.ones((100, 784)), jnp.ones((784, 256))
+
+    def ynn_fusions(options):
+        return jax.jit(fn, compiler_options=options).lower(x, w).compile().as_text().count('"kind":"__ynn_fusion"')
+
+    assert (ynn_fusions(None), ynn_fusions(YNNPACK_NO_REDUCE)) == (2, 1)
+
+
 def test_batch_not_divisible_by_devices_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"leading size 6, which must be divisible by the number of devices \(4\)"):
         train_and_evaluate(toy_config(num_devices=4), tmp_path, toy_task(batch_size=6))

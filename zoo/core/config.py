@@ -94,6 +94,18 @@ def check_variant(name: str, arg: str, known=("", "smoke")):
 # Glow, RealNVP, DCGAN and the CRF got 15-50% slower, so it is not the default.
 YNNPACK_DOTS_ONLY = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
+# ``train.cpu_compiler_options`` for small MLP steps whose losses sum transcendental terms per
+# example (the MLP VAE): jaxlib's default YNNPACK set is these two plus REDUCE, and a YNNPACK
+# reduce fusion evaluates the elementwise ops fused into it slowly: on the 2-core CPU, a row
+# sum of exp over [100, 784] took 0.39 ms that way against 0.04 ms for a plain row sum. This
+# is ``--xla_cpu_experimental_ynn_fusion_type=-reduce`` as a per-jit option (which does not
+# take the "-" form). Train-step A/B, same process (ad hoc, 2-core CPU): MLP VAE 1.11-1.26x
+# faster (binarised, IWAE k=5, Gaussian); conv VAE, NICE, DCGAN, the capsule models level;
+# Glow and RealNVP 5% and the CRF 22% slower, so it is set per config.
+YNNPACK_NO_REDUCE = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
+}
+
 
 def train_defaults(num_steps: int, log_every: int, ckpt_every: int) -> dict:
     """The ``train`` section every family's config has (``zoo.core.train`` reads it):
