@@ -20,6 +20,7 @@ SUITES = {
     "gmm": "benchmarks.bench_gmm",
     "vae": "benchmarks.bench_vae",
     "vae_table": "benchmarks.bench_vae_table",
+    "xla_options": "benchmarks.bench_xla_options",
 }
 
 
