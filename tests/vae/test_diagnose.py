@@ -10,8 +10,10 @@ from zoo.core import train_and_evaluate
 from zoo.vae import diagnose
 
 
-def test_diagnose_prints_one_line_per_checkpoint(tmp_path, data_dir, capsys):
+@pytest.mark.parametrize("clamp", ["hard", "soft"])
+def test_diagnose_prints_one_line_per_checkpoint(tmp_path, data_dir, capsys, clamp):
     config = vae.get_config("gaussian_smoke")
+    config.model.clamp = clamp
     config.train.update(num_steps=4, ckpt_every=2, eval_every=4, progress=False)
     config.data.test_limit = 40
     train_and_evaluate(config, tmp_path)
@@ -24,9 +26,10 @@ def test_diagnose_prints_one_line_per_checkpoint(tmp_path, data_dir, capsys):
     bound = config.model.logvar_bound
     for r in lines:
         raw, clamped = r["encoder_raw_logvar"], r["encoder_logvar"]
-        # min and max are order statistics, so they go through the (monotone) soft clamp exactly
+        # min and max are order statistics, so they go through the (monotone) clamp exactly
+        expected = np.clip(raw, -bound, bound) if clamp == "hard" else bound * np.tanh(np.asarray(raw) / bound)
         for i in (0, -1):
-            assert clamped[i] == pytest.approx(bound * np.tanh(raw[i] / bound), abs=2e-3)
+            assert clamped[i] == pytest.approx(float(expected[i]), abs=2e-3)
         assert raw == sorted(raw) and len(r["decoder_log_scale"]) == 5
         nll = r["test_recon_nll"]
         assert nll["top5"] == sorted(nll["top5"], reverse=True) and nll["top5"][0] >= nll["median"]

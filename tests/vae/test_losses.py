@@ -96,20 +96,21 @@ def test_iwae_bound_is_logmeanexp_and_at_least_the_mean(rng):
     np.testing.assert_array_equal(L.iwae_bound(log_w[:1]), log_w[0])  # L_1 is the single-sample ELBO
 
 
-def test_stable_logvar_bounds_and_keeps_gradients():
+def test_soft_logvar_clamp_bounds_and_keeps_gradients():
     raw = jnp.array([-1e4, -3.0, 0.0, 3.0, 1e4])
-    out = np.asarray(L.stable_logvar(raw, 10.0))
+    out = np.asarray(L.stable_logvar(raw, 10.0, "soft"))
     assert np.all(np.abs(out) <= 10.0) and np.all(np.isfinite(np.exp(out)))
     np.testing.assert_allclose(out, 10.0 * np.tanh(np.asarray(raw) / 10.0), rtol=1e-6)
     # unlike a clip, the gradient stays non-zero beyond the bound: 1 − tanh²(raw/bound)
     for r in (5.0, 20.0):
-        np.testing.assert_allclose(float(jax.grad(lambda r: L.stable_logvar(r, 10.0))(r)), 1 - np.tanh(r / 10) ** 2, rtol=1e-5)
+        np.testing.assert_allclose(float(jax.grad(lambda r: L.stable_logvar(r, 10.0, "soft"))(r)), 1 - np.tanh(r / 10) ** 2, rtol=1e-5)
     np.testing.assert_array_equal(L.stable_logvar(raw, 0.0), raw)
 
 
 def test_hard_logvar_clamp_clips_with_zero_gradient_outside():
     raw = jnp.array([-1e4, -10.5, -3.0, 0.0, 3.0, 10.5, 1e4])
     np.testing.assert_array_equal(L.stable_logvar(raw, 10.0, "hard"), np.clip(np.asarray(raw), -10.0, 10.0))
+    np.testing.assert_array_equal(L.stable_logvar(raw, 10.0), L.stable_logvar(raw, 10.0, "hard"))  # the default
     grad = jax.vmap(jax.grad(lambda r: L.stable_logvar(r, 10.0, "hard")))(raw)
     np.testing.assert_array_equal(grad, [0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0])
     with pytest.raises(ValueError, match=r"stable_logvar: `clamp` must be one of \('soft', 'hard'\); got 'tanh'"):

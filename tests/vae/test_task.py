@@ -188,6 +188,15 @@ def test_configs_and_variants():
         vae.get_config("big")
 
 
+def test_clamp_defaults_to_hard_and_old_run_configs_load_soft():
+    """New configs clip (the soft clamp drifts under Adam, docs/vae/long_runs.md); a config
+    saved before ``model.clamp`` existed was trained with the soft clamp and rebuilds with it."""
+    c = vae.get_config("smoke")
+    assert c.model.clamp == "hard" and task.make_model(c, SHAPE).clamp == "hard"
+    del c.model["clamp"]
+    assert task.make_model(c, SHAPE).clamp == "soft"
+
+
 def test_bad_inputs_raise_clear_errors(data_dir):
     model, v, x, _ = tiny()
     with pytest.raises(ValueError, match=r"VAE: `x` must be images \[B, 4, 4, 1\]"):

@@ -49,11 +49,12 @@ def _check_pair(fn, a, b, a_name, b_name):
 CLAMPS = ("soft", "hard")
 
 
-def stable_logvar(raw, bound: float = 10.0, clamp: str = "soft"):
+def stable_logvar(raw, bound: float = 10.0, clamp: str = "hard"):
     """A log-variance clamped to ``[−bound, bound]``. ``bound <= 0`` leaves ``raw`` unchanged.
 
-    ``clamp="soft"``: ``bound·tanh(raw/bound)``, about the identity for ``|raw| ≪ bound``.
-    ``clamp="hard"``: ``clip(raw, −bound, bound)``, the identity inside, zero gradient outside.
+    ``clamp="hard"`` (default): ``clip(raw, −bound, bound)``, the identity inside, zero
+    gradient outside. ``clamp="soft"``: ``bound·tanh(raw/bound)``, about the identity for
+    ``|raw| ≪ bound``.
 
     Why both: when the bound binds (the loss keeps pushing the value past it), the soft
     clamp's gradient is tiny but never zero and keeps its sign, and Adam, which is

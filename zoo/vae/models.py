@@ -139,8 +139,10 @@ class VAE(nn.Module):
         reach the small scales of near-constant pixels (MNIST's background) in a short run;
         the decoder's output gets there within a few hundred steps.
       logvar_bound: the bound of the encoder's log-variance (:func:`zoo.vae.losses.stable_logvar`).
-      clamp: how both log-variance bounds are applied, ``"soft"`` (tanh) or ``"hard"`` (clip);
-        see :func:`zoo.vae.losses.stable_logvar` for why a binding soft clamp drifts under Adam.
+      clamp: how both log-variance bounds are applied, ``"hard"`` (clip, the default) or
+        ``"soft"`` (tanh, the earlier default: run directories whose config has no
+        ``model.clamp`` were trained with it and load as soft); see
+        :func:`zoo.vae.losses.stable_logvar` for why a binding soft clamp drifts under Adam.
     """
 
     encoder: nn.Module
@@ -152,7 +154,7 @@ class VAE(nn.Module):
     log_scale: float = 0.0
     logvar_bound: float = 10.0
     log_scale_bound: float = 8.0
-    clamp: str = "soft"
+    clamp: str = "hard"
 
     def setup(self):
         if self.clamp not in losses.CLAMPS:

@@ -60,7 +60,8 @@ def make_model(config: ml_collections.ConfigDict, image_shape=(28, 28, 1)) -> VA
         raise _error("make_model", "config.model.kind", f"one of {KINDS}", repr(m.kind))
     kwargs = dict(encoder=encoder, decoder=decoder, image_shape=image_shape, latent_dim=m.latent_dim,
                   likelihood=m.likelihood, scale=m.scale, log_scale=m.log_scale, logvar_bound=m.logvar_bound,
-                  log_scale_bound=m.log_scale_bound, clamp=m.get("clamp", "soft"))  # fmt: skip
+                  log_scale_bound=m.log_scale_bound,
+                  clamp=m.get("clamp", "soft"))  # fmt: skip  (configs without the key were trained soft)
     return CVAE(**kwargs, num_classes=m.num_classes) if m.conditional else VAE(**kwargs)
 
 

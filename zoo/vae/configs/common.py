@@ -16,7 +16,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = dict(
         kind="mlp", likelihood="bernoulli", latent_dim=2, hidden=(256,), conv_filters=16, conv_levels=2,
         conditional=False, num_classes=10, scale="pixel", log_scale=0.0, logvar_bound=10.0,
-        log_scale_bound=8.0, clamp="soft",
+        log_scale_bound=8.0, clamp="hard",
     )  # fmt: skip
     c.loss = dict(iwae_k=1)
     c.optim = dict(name="adam", learning_rate=1e-3, grad_clip=0.0, schedule="constant")
