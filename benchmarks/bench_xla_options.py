@@ -102,12 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     variant = "smoke" if args.quick and not args.variant else args.variant
     rounds, block = (2, 3) if args.quick else (args.rounds, args.block)
+    if jax.devices()[0].platform != "cpu":
+        raise ValueError(f"xla_options: compares XLA:CPU settings; the default device is {jax.devices()[0].platform}")
     if rounds < 1 or block < 3:
         raise ValueError(f"xla_options: --rounds must be >= 1 and --block >= 3; got {rounds} and {block}")
     load0 = harness.load_average() or 0.0
     medians = interleaved_medians(build_steps(args.model, variant, args.overrides), rounds, block, args.budget)
     base = medians["default"]
-    label = " ".join(x for x in (args.model, variant, *args.overrides) if x)
+    label = " ".join([args.model, *(["--variant", variant] if variant else []), *(f"--set {o}" for o in args.overrides)])
     cells = [f"{m * 1e3:.2f} ms ({base / m:.2f}x)" for m in medians.values()]
     header = f"| model | {' | '.join(medians)} | revision | load at start |\n|---|{'---|' * (len(medians) + 2)}\n"
     row = f"| {label} | {' | '.join(cells)} | {harness.git_revision()} | {load0:.1f} |\n"
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         if not out.exists():
             env = harness.environment()
             out.write_text(f"# XLA:CPU YNNPACK settings, train step A/B\n\n- command: `python -m benchmarks.run "
-                           f"xla_options MODEL [...] --out {args.out}` (the first column gives the arguments)\n"
+                           f"xla_options MODEL [...] --out {args.out}` (the first column gives MODEL and the flags)\n"
                            f"- device: {env['platform']} ({env['device_kind']}), {env['cpu_count']} CPUs, {env['machine']}; "
                            f"jax {env['versions'].get('jax')}\n- protocol: see `benchmarks/bench_xla_options.py`; median "
                            "ms per step, `default` / median in brackets\n\n" + header)  # fmt: skip

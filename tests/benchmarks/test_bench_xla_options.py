@@ -14,7 +14,7 @@ def test_quick_run_prints_a_row_per_model(capsys, tmp_path):
     assert bench_xla_options.main(["vae", "--quick", "--set", "config.data.binarize=fixed", "--out", str(out_file)]) == 0
     out = capsys.readouterr().out
     assert "| model | default | no_reduce | dots_only |" in out
-    row = next(line for line in out.splitlines() if line.startswith("| vae smoke config.data.binarize=fixed |"))
+    row = next(line for line in out.splitlines() if line.startswith("| vae --variant smoke --set config.data.binarize=fixed |"))
     cells = [c.strip() for c in row.strip("|").split("|")][1:]
     assert len(cells) == 5 and all(" ms (" in c for c in cells[:3])
     assert cells[0].endswith("(1.00x)")  # the default setting is the reference

@@ -99,9 +99,9 @@ YNNPACK_DOTS_ONLY = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYP
 # reduce fusion evaluates the elementwise ops fused into it slowly: on the 2-core CPU, a row
 # sum of exp over [100, 784] took 0.39 ms that way against 0.04 ms for a plain row sum. This
 # is ``--xla_cpu_experimental_ynn_fusion_type=-reduce`` as a per-jit option (which does not
-# take the "-" form). Train-step A/B, same process (ad hoc, 2-core CPU): MLP VAE 1.11-1.26x
-# faster (binarised, IWAE k=5, Gaussian); conv VAE, NICE, DCGAN, the capsule models level;
-# Glow and RealNVP 5% and the CRF 22% slower, so it is set per config.
+# take the "-" form). ``zoo bench xla_options`` (benchmarks/results/xla-options-cpu.md): the
+# MLP VAE's step 1.02-1.31x faster, the conv VAE's 1.05x; NICE, RealNVP, Glow and the MLP
+# GAN 2-9% and the CRF 20% slower, the rest level. So it is set per config.
 YNNPACK_NO_REDUCE = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
 }
