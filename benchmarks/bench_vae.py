@@ -8,9 +8,10 @@ Bernoulli/BCE reconstruction, analytic KL, one posterior sample, Adam at 1e-3, b
 
 * zoo-jax: the jitted step ``zoo train vae`` runs (``make_train_step`` on the VAE task's
   loss and optimiser, with the config's ``train.cpu_compiler_options``: YNNPACK keeps dots
-  and convolutions, not reductions; ``zoo.core.config.YNNPACK_NO_REDUCE``). Timed per step: the host batch to device (``shard_batch``), the
-  step, ``block_until_ready`` on its metrics. Lowering and XLA compilation are timed
-  once, before the loop, and reported apart (``compile_ms``).
+  and convolutions, not reductions; ``zoo.core.config.YNNPACK_NO_REDUCE``). Timed per step:
+  the host batch to device (``shard_batch``), the step, ``block_until_ready`` on its metrics.
+  Lowering and XLA compilation are timed once, before the loop, and reported apart
+  (``compile_ms``).
 * pythae-torch: ``pythae.models.VAE`` with the same MLP (``benchmarks/peers/vae_torch.py``);
   the loop is the bare ``zero_grad → forward (loss) → backward → Adam step`` (pythae's
   ``TrainingPipeline`` and its callbacks are not timed). Timed per step: batch to tensor

@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     load0 = harness.load_average() or 0.0
     medians = interleaved_medians(build_steps(args.model, variant, args.overrides), rounds, block, args.budget)
     base = medians["default"]
-    label = " ".join([args.model, *(["--variant", variant] if variant else []), *(f"--set {o}" for o in args.overrides)])
+    flags = [*(["--variant", variant] if variant else []), *(f"--set {o}" for o in args.overrides)]
+    label = " ".join([args.model, *flags])
     cells = [f"{m * 1e3:.2f} ms ({base / m:.2f}x)" for m in medians.values()]
     header = f"| model | {' | '.join(medians)} | revision | load at start |\n|---|{'---|' * (len(medians) + 2)}\n"
     row = f"| {label} | {' | '.join(cells)} | {harness.git_revision()} | {load0:.1f} |\n"
@@ -118,11 +119,15 @@ def main(argv: list[str] | None = None) -> int:
         out = pathlib.Path(args.out)
         if not out.exists():
             env = harness.environment()
-            out.write_text(f"# XLA:CPU YNNPACK settings, train step A/B\n\n- command: `python -m benchmarks.run "
-                           f"xla_options MODEL [...] --out {args.out}` (the first column gives MODEL and the flags)\n"
-                           f"- device: {env['platform']} ({env['device_kind']}), {env['cpu_count']} CPUs, {env['machine']}; "
-                           f"jax {env['versions'].get('jax')}\n- protocol: see `benchmarks/bench_xla_options.py`; median "
-                           "ms per step, `default` / median in brackets\n\n" + header)  # fmt: skip
+            out.write_text(
+                "# XLA:CPU YNNPACK settings, train step A/B\n\n"
+                f"- command: `python -m benchmarks.run xla_options MODEL [...] --out {args.out}` "
+                "(the first column gives MODEL and the flags)\n"
+                f"- device: {env['platform']} ({env['device_kind']}), {env['cpu_count']} CPUs, {env['machine']}; "
+                f"jax {env['versions'].get('jax')}\n"
+                "- protocol: see `benchmarks/bench_xla_options.py`; median ms per step, `default` / median in brackets\n\n"
+                + header
+            )
         with out.open("a") as f:
             f.write(row)
     return 0

@@ -95,15 +95,18 @@ def check_variant(name: str, arg: str, known=("", "smoke")):
 YNNPACK_DOTS_ONLY = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
 # ``train.cpu_compiler_options`` for small MLP steps whose losses sum transcendental terms per
-# example (the MLP VAE): jaxlib's default YNNPACK set is these two plus REDUCE, and a YNNPACK
-# reduce fusion evaluates the elementwise ops fused into it slowly: on the 2-core CPU, a row
-# sum of exp over [100, 784] took 0.39 ms that way against 0.04 ms for a plain row sum. This
-# is ``--xla_cpu_experimental_ynn_fusion_type=-reduce`` as a per-jit option (which does not
-# take the "-" form). ``zoo bench xla_options`` (benchmarks/results/xla-options-cpu.md): the
-# MLP VAE's step 1.02-1.31x faster, the conv VAE's 1.05x; NICE, RealNVP, Glow and the MLP
-# GAN 2-9% and the CRF 20% slower, the rest level. So it is set per config.
+# example (the MLP VAE): jaxlib's default YNNPACK set is individual dots, individual
+# convolutions and reductions, and a YNNPACK reduce fusion evaluates the elementwise ops
+# fused into it slowly: on the 2-core CPU, a row sum of exp over [100, 784] took 0.39 ms
+# that way against 0.04 ms for a plain row sum. This is
+# ``--xla_cpu_experimental_ynn_fusion_type=-reduce`` as a per-jit option (which does not take
+# the "-" form). ``zoo bench xla_options`` (benchmarks/results/xla-options-cpu.md): the MLP
+# VAE's step 1.02-1.31x faster, the conv VAE's 1.05x; NICE, RealNVP, Glow and the MLP GAN
+# 2-9% and the CRF 20% slower, CapsNet 26% slower, the rest level. So it is set per config.
 YNNPACK_NO_REDUCE = {
-    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
+    "xla_cpu_experimental_ynn_fusion_type": ",".join(
+        ["LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT", "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"]
+    )
 }
 
 
