@@ -193,3 +193,48 @@ def test_bernoulli_log_likelihood_rejects_raw_pixels():
         L.bernoulli_log_likelihood(logits, jnp.array([[0.0, 255.0, 255.0, 0.0]]))
     with pytest.raises(ValueError, match=r"`x` must be floating point in \[0, 1\]; got dtype uint8"):
         L.bernoulli_log_likelihood(logits, jnp.array([[0, 1, 1, 0]], jnp.uint8))
+
+
+def test_discretized_logistic_masses_sum_to_one_over_the_bins(rng):
+    """The exact oracle: evaluated once in every bin (any point inside it), the 256 masses
+    ``exp(ll − log 256)`` of each pixel sum to 1, for means inside and far outside [0, 1]."""
+    mean = jnp.asarray(rng.uniform(-0.5, 1.5, (5, 1)), jnp.float32)
+    log_scale = jnp.asarray(rng.uniform(-6.0, 0.0, (5, 1)), jnp.float32)
+    x = (jnp.arange(256.0) + jnp.asarray(rng.uniform(0.0, 1.0, 256), jnp.float32)) / 256.0
+    per_bin = jax.vmap(lambda xi: jax.vmap(lambda m, s: L.discretized_logistic_log_likelihood(m, xi[None], s))(mean, log_scale))(x)
+    masses = np.exp(np.asarray(per_bin, np.float64)[..., 0] - math.log(256.0))  # [256 bins, 5 pixels]
+    np.testing.assert_allclose(masses.sum(axis=0), 1.0, rtol=2e-5)
+
+
+def test_discretized_logistic_equals_the_naive_difference_in_float64(rng):
+    shape = (4, 3, 3, 1)
+    mean = rng.uniform(-0.2, 1.2, shape)
+    log_scale = rng.uniform(-4.0, -1.0, shape)
+    x = (rng.integers(0, 256, shape) + rng.uniform(0, 1, shape)) / 256.0
+    k = np.floor(x * 256)
+    sig = lambda t: 1.0 / (1.0 + np.exp(-t))  # noqa: E731
+    a = np.where(k == 0, -np.inf, (k / 256 - mean) / np.exp(log_scale))
+    b = np.where(k == 255, np.inf, ((k + 1) / 256 - mean) / np.exp(log_scale))
+    # σ(b) − σ(a), or the same mass as σ(−a) − σ(−b) right of the mean (no 1 − 1 cancellation)
+    mass = np.where(a > 0, sig(-a) - sig(-b), sig(b) - sig(a))
+    want = (np.log(mass) + math.log(256.0)).reshape(4, -1).sum(axis=1)
+    got = L.discretized_logistic_log_likelihood(*(jnp.asarray(a, jnp.float32) for a in (mean, x, log_scale)))
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_discretized_logistic_tails_are_linear_and_finite():
+    """A pixel far from a sharp mean costs about distance/scale nats (the Gaussian's cost is
+    its square / 2), with finite values and gradients at the edge bins and at extremes."""
+    x = jnp.array([[0.3 + 0.5 / 256]])
+    for log_scale in (-8.0, -4.0):
+        s = math.exp(log_scale)
+        cost = -float(L.discretized_logistic_log_likelihood(jnp.array([[0.8]]), x, log_scale)[0]) + math.log(256.0)
+        # bin 77 of [0.3008, 0.3047): −log σ(b) ≈ −b = (0.8 − 78/256)/s, −log σ(−a) ≈ 0, and the
+        # bin-width term −log(1 − e^{−1/(256 s)}) does not depend on the distance
+        assert cost == pytest.approx((0.8 - 78 / 256) / s - math.log(-math.expm1(-1 / (256 * s))), rel=1e-3)
+    xs = jnp.array([[0.0, 0.5 / 256, 0.999, 0.5]])
+    for mean in (-1e3, -0.5, 0.0, 1.0, 1e3):
+        for log_scale in (-8.0, 3.0):
+            f = lambda m, s: jnp.sum(L.discretized_logistic_log_likelihood(m, xs, s))  # noqa: E731
+            value, grads = jax.value_and_grad(f, argnums=(0, 1))(jnp.full_like(xs, mean), jnp.full_like(xs, log_scale))
+            assert np.isfinite(float(value)) and all(np.all(np.isfinite(g)) for g in grads), (mean, log_scale)

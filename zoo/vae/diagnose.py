@@ -57,6 +57,7 @@ def checkpoint_stats(model, params, train_x, test_images, binarize: str, batch_s
       binarize: the run's ``data.binarize``; the test split is scored as the task's evaluation
         scores it (dequantised, or its fixed binarisation).
     """
+    from zoo.vae.models import LOCATION_SCALE
     from zoo.vae.task import model_input
 
     variables = {"params": params}
@@ -71,7 +72,7 @@ def checkpoint_stats(model, params, train_x, test_images, binarize: str, batch_s
         "encoder_logvar": _quantiles(logvar),
         "max_abs_posterior_mean": round(float(jnp.max(jnp.abs(mean))), 3),
     }
-    if model.likelihood == "gaussian" and model.scale == "decoder":
+    if model.likelihood in LOCATION_SCALE and model.scale == "decoder":
         recon, *_ = model.apply(variables, train_x, jax.random.key(seed))
         out["decoder_log_scale"] = _quantiles(model.gaussian_params(recon)[1])
 

@@ -35,7 +35,8 @@ from kernels.checks import argument_error as _error
 from zoo.core.layers import SameConv, SameConvTranspose
 from zoo.vae import losses
 
-LIKELIHOODS = ("bernoulli", "gaussian")
+LIKELIHOODS = ("bernoulli", "gaussian", "logistic")
+LOCATION_SCALE = ("gaussian", "logistic")  # decoders with a mean and a log-scale per pixel
 SCALES = ("fixed", "pixel", "decoder")
 
 
@@ -129,9 +130,11 @@ class VAE(nn.Module):
       encoder: ``x [B, H, W, C] -> (mean, raw_logvar) [B, D]``.
       decoder: ``z [B, D] -> [B, H, W, C]`` logits (Bernoulli) or means (Gaussian).
       image_shape: ``(H, W, C)``; latent_dim: ``D``.
-      likelihood: ``"bernoulli"`` (pixels in {0, 1}, or the author's BCE on [0, 1]) or
-        ``"gaussian"``.
-      scale: the Gaussian decoder's log standard deviation: ``"fixed"`` at ``log_scale`` (post
+      likelihood: ``"bernoulli"`` (pixels in {0, 1}, or the author's BCE on [0, 1]),
+        ``"gaussian"``, or ``"logistic"`` (dequantised 8-bit pixels: each pixel's bin under a
+        logistic, :func:`zoo.vae.losses.discretized_logistic_log_likelihood`; its mean and
+        log-scale come as the Gaussian's do).
+      scale: the Gaussian (or logistic) decoder's log standard deviation (log-scale): ``"fixed"`` at ``log_scale`` (post
         5343: MSE), ``"pixel"``: a learned per-pixel parameter initialised at ``log_scale``, or
         ``"decoder"``: predicted per pixel and per example by the decoder, whose output then
         has ``2C`` channels (means, then raw log-scales clamped to ``±log_scale_bound``).
@@ -163,7 +166,7 @@ class VAE(nn.Module):
             raise _error(type(self).__name__, "likelihood", f"one of {LIKELIHOODS}", repr(self.likelihood))
         if self.scale not in SCALES:
             raise _error(type(self).__name__, "scale", f"one of {SCALES}", repr(self.scale))
-        if self.likelihood == "gaussian" and self.scale == "pixel":
+        if self.likelihood in LOCATION_SCALE and self.scale == "pixel":
             self.pixel_log_scale = self.param(
                 "pixel_log_scale", nn.initializers.constant(self.log_scale), tuple(self.image_shape)
             )
@@ -210,6 +213,8 @@ class VAE(nn.Module):
         if self.likelihood == "bernoulli":
             return losses.bernoulli_log_likelihood(recon, x)
         mean, log_scale = self.gaussian_params(recon)
+        if self.likelihood == "logistic":
+            return losses.discretized_logistic_log_likelihood(mean, x, log_scale)
         return losses.gaussian_log_likelihood(mean, x, log_scale)
 
     def mean_image(self, recon):

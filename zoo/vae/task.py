@@ -39,7 +39,7 @@ from zoo.core.train import Task
 from zoo.data.batching import fixed_size_chunks, shuffled_batches
 from zoo.data.images import load_images
 from zoo.vae import losses
-from zoo.vae.models import CVAE, VAE, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from zoo.vae.models import CVAE, LOCATION_SCALE, VAE, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 
 KINDS = ("mlp", "conv")
 BINARIZE = ("dynamic", "fixed", "none")
@@ -49,7 +49,7 @@ def make_model(config: ml_collections.ConfigDict, image_shape=(28, 28, 1)) -> VA
     m = config.model
     image_shape = tuple(int(s) for s in image_shape)
     h, w, c = image_shape
-    out_shape = (h, w, 2 * c) if m.likelihood == "gaussian" and m.scale == "decoder" else image_shape
+    out_shape = (h, w, 2 * c) if m.likelihood in LOCATION_SCALE and m.scale == "decoder" else image_shape
     if m.kind == "mlp":
         encoder = MLPEncoder(m.latent_dim, tuple(m.hidden))
         decoder = MLPDecoder(out_shape, tuple(m.hidden))
@@ -90,11 +90,11 @@ def check_data_and_likelihood(config, fn: str = "vae task") -> None:
     d, m = config.data, config.model
     if d.binarize not in BINARIZE:
         raise _error(fn, "config.data.binarize", f"one of {BINARIZE}", repr(d.binarize))
-    want = "gaussian" if d.binarize == "none" else "bernoulli"
-    if m.likelihood != want:
+    want = LOCATION_SCALE if d.binarize == "none" else ("bernoulli",)
+    if m.likelihood not in want:
         raise _error(fn, "config.model.likelihood",
-                     f"{want!r} with data.binarize={d.binarize!r} (binarised pixels take a Bernoulli decoder, "
-                     "dequantised ones a Gaussian density)", repr(m.likelihood))  # fmt: skip
+                     f"one of {want} with data.binarize={d.binarize!r} (binarised pixels take a Bernoulli decoder, "
+                     "dequantised ones a Gaussian or discretised logistic density)", repr(m.likelihood))  # fmt: skip
 
 
 def check_config(config) -> None:
