@@ -149,7 +149,8 @@ def discretized_logistic_log_likelihood(mean, x, log_scale, num_bins: int = 256)
 
     Args:
       mean, x: ``[B, ...]`` of the same shape; ``x`` in ``[0, 1)``.
-      log_scale: log of the logistic's scale ``s``, broadcasting against ``x``.
+      log_scale: log of the logistic's scale ``s``, broadcasting against ``x``; keep it bounded
+        (the VAE clamps it to ``±log_scale_bound``): beyond about −88, ``1/s`` overflows.
       num_bins: the number of quantisation levels (256 for 8-bit images).
 
     Returns:
