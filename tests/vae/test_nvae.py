@@ -212,6 +212,10 @@ def test_configs_and_bad_inputs():
         c[section][name] = value if not isinstance(value, str) else value.strip("'")
         with pytest.raises(ValueError, match="nvae task: " + message):
             nvae_task.check_config(c)
+    c = nvae_configs.get_config("smoke")  # dequantised pixels: NVAE has no logistic decoder (the VAE has)
+    c.model.likelihood = "logistic"
+    with pytest.raises(ValueError, match=r"nvae task: `config.model.likelihood` must be 'gaussian' with data.binarize='none'"):
+        nvae_task.check_config(c)
 
 
 def test_remat_gives_the_same_loss_and_gradients():

@@ -68,7 +68,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 
 def check_config(config) -> None:
-    check_data_and_likelihood(config, "nvae task")
+    check_data_and_likelihood(config, "nvae task", continuous=("gaussian",))
     m, lo, e = config.model, config.loss, config.eval
     if not 0.0 <= m.bn_momentum < 1.0:
         raise _error("nvae task", "config.model.bn_momentum", "a value in [0, 1) (flax convention)", m.bn_momentum)

@@ -85,16 +85,18 @@ def make_optimizer(config) -> optax.GradientTransformation:
     return optax.chain(*parts, opt[o.name](lr))
 
 
-def check_data_and_likelihood(config, fn: str = "vae task") -> None:
-    """``data.binarize`` is known and ``model.likelihood`` fits it (also the NVAE task's check)."""
+def check_data_and_likelihood(config, fn: str = "vae task", continuous=LOCATION_SCALE) -> None:
+    """``data.binarize`` is known and ``model.likelihood`` fits it: ``"bernoulli"`` for binarised
+    pixels, one of ``continuous`` for dequantised ones (also the NVAE task's check)."""
     d, m = config.data, config.model
     if d.binarize not in BINARIZE:
         raise _error(fn, "config.data.binarize", f"one of {BINARIZE}", repr(d.binarize))
-    want = LOCATION_SCALE if d.binarize == "none" else ("bernoulli",)
+    want = tuple(continuous) if d.binarize == "none" else ("bernoulli",)
     if m.likelihood not in want:
+        expected = repr(want[0]) if len(want) == 1 else f"one of {want}"
         raise _error(fn, "config.model.likelihood",
-                     f"one of {want} with data.binarize={d.binarize!r} (binarised pixels take a Bernoulli decoder, "
-                     "dequantised ones a Gaussian or discretised logistic density)", repr(m.likelihood))  # fmt: skip
+                     f"{expected} with data.binarize={d.binarize!r} (binarised pixels take a Bernoulli decoder, "
+                     f"dequantised ones a density: {', '.join(continuous)})", repr(m.likelihood))  # fmt: skip
 
 
 def check_config(config) -> None:
