@@ -26,8 +26,9 @@ Parts (``--parts``, default all but ``train``):
 Run: ``python -m benchmarks.run flows [--parts logdet,step,compile,train] [--train-steps
 1500] [--seeds 0,1] [--priors split2d|per_channel] [--quick] [--out DIR]``. ``--priors
 per_channel`` gives the zoo's Glow normflows' priors (``model.priors``), for a like-for-like
-comparison. Writes ``benchmarks/results/flows-<platform>.jsonl`` and ``.md``; a run of ``--parts train`` alone writes ``flows-train-<platform>.*`` instead, so the
-long training comparison and the quick parts keep separate tables.
+comparison. Writes ``benchmarks/results/flows-<platform>.jsonl`` and ``.md``; a run of
+``--parts train`` alone writes ``flows-train-<platform>.*`` instead, so the long training
+comparison and the quick parts keep separate tables.
 """
 
 from __future__ import annotations

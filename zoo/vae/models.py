@@ -134,7 +134,7 @@ class VAE(nn.Module):
         ``"gaussian"``, or ``"logistic"`` (dequantised 8-bit pixels: each pixel's bin under a
         logistic, :func:`zoo.vae.losses.discretized_logistic_log_likelihood`; its mean and
         log-scale come as the Gaussian's do).
-      scale: the Gaussian (or logistic) decoder's log standard deviation (log-scale): ``"fixed"`` at ``log_scale`` (post
+      scale: the Gaussian (or logistic) decoder's log-scale: ``"fixed"`` at ``log_scale`` (post
         5343: MSE), ``"pixel"``: a learned per-pixel parameter initialised at ``log_scale``, or
         ``"decoder"``: predicted per pixel and per example by the decoder, whose output then
         has ``2C`` channels (means, then raw log-scales clamped to ``±log_scale_bound``).
@@ -200,7 +200,7 @@ class VAE(nn.Module):
         return 0.0
 
     def gaussian_params(self, recon):
-        """Decoder output -> ``(mean, log_scale)`` of the Gaussian decoder (see ``scale``)."""
+        """Decoder output -> ``(mean, log_scale)`` of the Gaussian or logistic decoder (see ``scale``)."""
         if self.scale == "decoder":
             c = recon.shape[-1] // 2
             return recon[..., :c], losses.stable_logvar(recon[..., c:], self.log_scale_bound, self.clamp)
