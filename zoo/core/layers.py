@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from kernels.fourier_conv import fourier_conv
+
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
@@ -96,9 +98,38 @@ def space_to_depth_conv(x, kernel, stride: int):
     return im2col_conv(blocks, kernel, 1)
 
 
+def fourier_pays(x_shape, kernel_shape, stride: int) -> bool:
+    """Whether :func:`kernels.fourier_conv.fourier_conv` should beat a direct (im2col)
+    convolution on XLA:CPU by 1.3× or more, forward and backward, by a two-term cost model.
+
+    Direct: ``B·ho·wo·kh·kw·C·F`` multiply-adds. Fourier: its multiply-adds (the batched
+    product and the three DFT matmuls) plus 76 per float of the kernel's spectrum
+    ``[P, s²C, F]``, which is memory-bound: it is written and read about five times a step,
+    and the 2-core dev box moves ~5.7 GB/s against ~65 G multiply-adds/s. Calibrated on
+    forward+backward timings there (direct → Fourier): CapsNet's 9×9 stride-2 256 → 256 on
+    20×20 at batch 100, 1.36 → 0.60–0.79 s (taken); 5×5 128 → 128 on 16×16 at batch 64,
+    0.28–0.34 → 0.18–0.23 s (taken); Glow's 3×3 512 → 512 on 18×18 at batch 64, 1.65–1.89 →
+    1.67–1.91 s (not taken: the spectrum is 532·512·512 floats).
+    """
+    b, h, w, c = x_shape
+    kh, kw, _, f = kernel_shape
+    s = stride
+    ho, wo = (h - kh) // s + 1, (w - kw) // s + 1
+    th, tw = -(-kh // s), -(-kw // s)
+    n, m = ho + th - 1, wo + tw - 1
+    products = 3 * n * (m // 2 + 1)  # P, up to the few real bins that need one product
+    cc = s * s * c
+    direct = b * ho * wo * kh * kw * c * f
+    fourier = products * (b * cc * f + n * m * b * cc + th * tw * cc * f + ho * wo * b * f)
+    return 1.3 * (fourier + 76 * products * cc * f) <= direct
+
+
 def cpu_conv(x, kernel, stride: int):
-    """:func:`im2col_conv`, :func:`space_to_depth_conv` or :func:`shift_add_conv`, chosen by
+    """:func:`kernels.fourier_conv.fourier_conv` where :func:`fourier_pays`, else
+    :func:`im2col_conv`, :func:`space_to_depth_conv` or :func:`shift_add_conv`, chosen by
     shape (the cheapest in the measurements quoted in their docstrings)."""
+    if fourier_pays(x.shape, kernel.shape, stride):
+        return fourier_conv(x, kernel, stride)
     kh, kw, c, f = kernel.shape
     if stride == 1 and kh * kw > 1 and f < c:
         return shift_add_conv(x, kernel)
