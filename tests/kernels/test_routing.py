@@ -178,6 +178,60 @@ def test_dynamic_routing_rejects_bad_input():
 
 
 # --------------------------------------------------------------------------- #
+# capsule_routing: votes and routing, input-major
+# --------------------------------------------------------------------------- #
+
+
+def routing_problem(rng, b, i, din, j, dout):
+    u = rng.normal(size=(b, i, din)).astype(np.float32)
+    weights = (0.5 * rng.normal(size=(i, din, j, dout))).astype(np.float32)
+    return u, weights
+
+
+@pytest.mark.parametrize("variant", routing.VARIANTS)
+def test_capsule_routing_equals_votes_then_routing_and_the_loop_reference(rng, variant):
+    for _ in range(3):  # fresh random shapes
+        b, i, din, j, dout = (int(n) for n in rng.integers([1, 1, 1, 2, 2], [4, 7, 5, 5, 6]))
+        u, weights = routing_problem(rng, b, i, din, j, dout)
+        fast = routing.capsule_routing(u, weights, variant=variant, return_coupling=True)
+        composed = routing.dynamic_routing(routing.capsule_votes(u, weights), variant=variant, return_coupling=True)
+        ref = routing.dynamic_routing_reference(routing.capsule_votes_reference(u, weights), variant=variant,
+                                                return_coupling=True)  # fmt: skip
+        assert fast[0].shape == (b, j, dout) and fast[1].shape == (b, i, j)
+        assert_tree_close(fast, composed)
+        assert_tree_close(fast, ref)
+
+
+@pytest.mark.parametrize("variant", routing.VARIANTS)
+def test_capsule_routing_gradients_equal_the_reference(rng, variant):
+    u, weights = routing_problem(rng, 3, 5, 4, 3, 6)
+    probe = rng.normal(size=(3, 3, 6)).astype(np.float32)
+
+    def loss(fast, u, w):
+        if fast:
+            v = routing.capsule_routing(u, w, variant=variant)
+        else:
+            v = routing.dynamic_routing_reference(routing.capsule_votes_reference(u, w), variant=variant)
+        return jnp.sum(v * probe)
+
+    g_fast = jax.jit(jax.grad(functools.partial(loss, True), argnums=(0, 1)))(u, weights)
+    g_ref = jax.grad(functools.partial(loss, False), argnums=(0, 1))(u, weights)
+    assert_tree_close(g_fast, g_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_capsule_routing_rejects_bad_input():
+    u = np.zeros((2, 5, 4), np.float32)
+    with pytest.raises(ValueError, match=r"capsule_routing: `weights` must have shape \[I, Din, J, Dout\] = \[5, 4, J, Dout\]; got shape \(4, 3, 6\)"):
+        routing.capsule_routing(u, np.zeros((4, 3, 6), np.float32))
+    with pytest.raises(ValueError, match=r"capsule_routing: `weights` must have shape .*got shape \(6, 4, 3, 6\)"):
+        routing.capsule_routing(u, np.zeros((6, 4, 3, 6), np.float32))
+    with pytest.raises(ValueError, match=r"capsule_routing: `u` must have shape \[B, I, Din\].*got shape \(5, 4\)"):
+        routing.capsule_routing(u[0], np.zeros((5, 4, 3, 6), np.float32))
+    with pytest.raises(ValueError, match=r"`variant` must be one of"):
+        routing.capsule_routing(u, np.zeros((5, 4, 3, 6), np.float32), variant="x")
+
+
+# --------------------------------------------------------------------------- #
 # EM routing
 # --------------------------------------------------------------------------- #
 

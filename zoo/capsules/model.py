@@ -45,10 +45,10 @@ class CapsuleLayer(nn.Module):
             init = nn.initializers.normal(0.01)
             shape = (n_in, din, self.num_capsules, self.capsule_dim)
         weights = self.param("weights", init, shape)
-        u_hat = routing.capsule_votes(u, weights)  # [B, I, J, Dout]
-        return routing.dynamic_routing(
-            u_hat, num_iters=self.num_iters, variant=self.variant, return_coupling=return_coupling
-        )
+        route = dict(num_iters=self.num_iters, variant=self.variant, return_coupling=return_coupling)
+        if not self.shared:  # votes input-major, no transposes of the big tensor
+            return routing.capsule_routing(u, weights, **route)
+        return routing.dynamic_routing(routing.capsule_votes(u, weights), **route)  # u_hat [B, I, J, Dout]
 
 
 def capsule_lengths(v, eps=1e-7):
