@@ -34,7 +34,8 @@ that multiply by the transposed constant, which XLA:CPU runs as plain matmuls in
 transposing the big operand (reverse mode only: ``jax.jvp`` through them raises).
 
 Measured ad hoc on the project's 2-core CPU, CapsNet's layer at batch 100, forward and both
-gradients with a ``sin`` after it: im2col 1.36–1.44 s, this 0.60–0.79 s (five calls each).
+gradients with a ``sin`` after it: im2col 1.39 s, this 0.74 s (medians of five calls; ranges
+1.36–2.03 and 0.60–0.79 s).
 ``zoo.core.layers.cpu_conv`` takes this path where ``fourier_pays`` (a cost model) says so.
 
 :func:`fourier_conv_reference` is ``lax.conv_general_dilated`` at HIGHEST precision.

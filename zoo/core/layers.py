@@ -107,7 +107,7 @@ def fourier_pays(x_shape, kernel_shape, stride: int) -> bool:
     ``[P, s²C, F]``, which is memory-bound: it is written and read about five times a step,
     and the 2-core dev box moves ~5.7 GB/s against ~65 G multiply-adds/s. Calibrated on
     forward+backward timings there (direct → Fourier): CapsNet's 9×9 stride-2 256 → 256 on
-    20×20 at batch 100, 1.36 → 0.60–0.79 s (taken); 5×5 128 → 128 on 16×16 at batch 64,
+    20×20 at batch 100, 1.39 → 0.74 s (taken); 5×5 128 → 128 on 16×16 at batch 64,
     0.28–0.34 → 0.18–0.23 s (taken); Glow's 3×3 512 → 512 on 18×18 at batch 64, 1.65–1.89 →
     1.67–1.91 s (not taken: the spectrum is 532·512·512 floats).
     """
