@@ -1,6 +1,6 @@
 """Capsule networks: this zoo's JAX routing kernels and training steps against plain PyTorch.
 
-Two sections, every input float32 from one numpy seed:
+Three sections, every input float32 from one numpy seed:
 
 * ``routing``: ``kernels.routing.dynamic_routing`` (both variants, 3 iterations) and
   ``em_routing`` (3 iterations, λ = 0.01, as EMCapsNet) against their ``*_reference``
@@ -11,6 +11,11 @@ Two sections, every input float32 from one numpy seed:
   ``--em-shape``) are small. The kernels are also timed alone at the shapes the two models
   route (CapsNet's class capsules, EMCapsNet's first conv-capsule layer). Check: kernel vs
   reference, outputs and gradients.
+* ``layers``: CapsNet's two hot layers at the model's shapes, forward + backward, the zoo's
+  path against the one it replaced: the primary-capsule convolution as
+  ``kernels.fourier_conv.fourier_conv`` vs ``zoo.core.layers.im2col_conv``, and the class
+  capsules as ``kernels.routing.capsule_routing`` vs ``dynamic_routing(capsule_votes(...))``.
+  Check: outputs and gradients agree.
 * ``train_step``: one full training step (forward, loss, backward, gradient clipping at
   global norm 5, Adam update) of CapsNet (``zoo/capsules/configs/capsnet.py`` sizes,
   margin + 0.0005 × reconstruction loss) and EMCapsNet (``configs/em_capsnet.py`` sizes,
@@ -22,7 +27,7 @@ Two sections, every input float32 from one numpy seed:
   steps' first loss (at those weights, same batch) agree.
 
 Run: ``python -m benchmarks.run capsules [--capsnet-batch 100] [--em-batch 64] [--warmup 1]
-[--repeats 3] [--parts routing,capsnet,em_capsnet] [--quick] [--out DIR]``.
+[--repeats 3] [--parts routing,layers,capsnet,em_capsnet] [--quick] [--out DIR]``.
 Writes ``benchmarks/results/capsules-<platform>.jsonl`` and ``.md`` (overwritten each run);
 ``--quick`` (tiny shapes, a smoke test) writes to a temporary folder unless ``--out`` is given.
 """
@@ -44,7 +49,7 @@ from benchmarks import harness
 from kernels import routing
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
-PARTS = ("routing", "capsnet", "em_capsnet")
+PARTS = ("routing", "layers", "capsnet", "em_capsnet")
 NUM_ITERS = 3
 EM_INVERSE_TEMPERATURE = 0.01
 VALUE_RTOL = 1e-4  # kernel vs reference outputs (max-abs relative error)
@@ -170,6 +175,70 @@ def _print_routing(rows):
     for r in rows:
         print(f"{r['task']:<24} {r['impl']:<25} {r['shape']:>14} {r['median_ms']:10.3f} ms  "
               f"compile {r['compile_ms']:9.0f} ms  check {'ok' if r['check_ok'] else 'FAILED'}", flush=True)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- #
+# CapsNet's hot layers: the zoo's path vs the one it replaced
+# --------------------------------------------------------------------------- #
+
+
+def layer_problems(args) -> dict:
+    """``{task: (shape label, inputs, {impl: fn})}`` at CapsNet's benchmarked sizes; every fn
+    maps the inputs to one output array."""
+    from zoo.core.layers import im2col_conv
+    from kernels.fourier_conv import fourier_conv
+
+    rng = np.random.default_rng(0)
+    c = capsnet_sizes(args.quick)
+    b, conv, prim = args.capsnet_batch, c["conv_features"], c["primary_types"] * c["primary_dim"]
+    x = rng.uniform(size=(b, 20, 20, conv)).astype(np.float32)  # the first conv's ReLU output
+    kernel = (rng.normal(size=(9, 9, conv, prim)) / np.sqrt(81 * conv)).astype(np.float32)
+    n_in = 6 * 6 * c["primary_types"]
+    u = (0.3 * rng.normal(size=(b, n_in, c["primary_dim"]))).astype(np.float32)
+    weights = (0.01 * rng.normal(size=(n_in, c["primary_dim"], 10, c["class_dim"]))).astype(np.float32)
+    iters = QUICK_NUM_ITERS if args.quick else NUM_ITERS
+    return {
+        "primary-capsule conv 9x9 s2": (
+            f"{b}x20x20x{conv} -> {prim}", (x, kernel),
+            {"zoo (fourier_conv)": lambda x, k: fourier_conv(x, k, 2), "im2col": lambda x, k: im2col_conv(x, k, 2)},
+        ),
+        "class capsules (votes + routing)": (
+            f"{b}x{n_in}x{c['primary_dim']} -> 10x{c['class_dim']}", (u, weights),
+            {"zoo (capsule_routing)": lambda u, w: routing.capsule_routing(u, w, num_iters=iters),
+             "votes, then routing": lambda u, w: routing.dynamic_routing(routing.capsule_votes(u, w), num_iters=iters)},
+        ),
+    }  # fmt: skip
+
+
+def bench_layers(args) -> list[dict]:
+    """Each layer's forward + backward (value and gradients of ``Σ out · probe``), zoo first."""
+    rows = []
+    for task, (shape, inputs, impls) in layer_problems(args).items():
+        inputs = jax.device_put(inputs)
+        outputs = {}
+        for impl, fn in impls.items():
+            out_shape = jax.eval_shape(fn, *inputs).shape
+            probe = jax.device_put(np.random.default_rng(1).normal(size=out_shape).astype(np.float32))
+
+            def loss(*a, fn=fn):
+                y = fn(*a[:-1])
+                return jnp.sum(y * a[-1]), y
+
+            step = jax.value_and_grad(loss, argnums=tuple(range(len(inputs))), has_aux=True)
+            with harness.OtherCpuLoad() as others:
+                r = harness.time_jax(step, *inputs, probe, warmup=args.warmup, repeats=args.repeats)
+            outputs[impl] = r.pop("output")
+            rows.append({"section": "layers", "task": task, "impl": impl, "shape": shape, **r,
+                         "other_cpu_cores": others.cores})  # fmt: skip
+        (zoo_impl, ((_, y_z), g_z)), (_, ((_, y_o), g_o)) = outputs.items()
+        value_err = _rel(y_z, y_o)
+        grad_err = max(_rel(a, b) for a, b in zip(g_z, g_o))
+        ok = value_err <= VALUE_RTOL and grad_err <= GRAD_RTOL and _finite(outputs[zoo_impl])
+        zoo_ms = rows[-2]["median_ms"]
+        for r in rows[-2:]:
+            r.update(value_rel_err=value_err, grad_rel_err=grad_err, check_ok=ok, zoo_speedup=r["median_ms"] / zoo_ms)
+        _print_routing(rows[-2:])
+    return rows
 
 
 # --------------------------------------------------------------------------- #
@@ -322,6 +391,12 @@ ROUTING_COLUMNS = [
     ("check_ok", "check"), ("value_rel_err", "value rel err"), ("grad_rel_err", "grad rel err"),
     ("other_cpu_cores", "other cores"),
 ]
+LAYER_COLUMNS = [
+    ("task", "layer"), ("impl", "implementation"), ("shape", "shape"), ("median_ms", "median ms"),
+    ("p90_ms", "p90 ms"), ("compile_ms", "compile ms"), ("zoo_speedup", "time / zoo"),
+    ("check_ok", "check"), ("value_rel_err", "value rel err"), ("grad_rel_err", "grad rel err"),
+    ("other_cpu_cores", "other cores"),
+]
 TRAIN_COLUMNS = [
     ("task", "task"), ("impl", "implementation"), ("batch", "batch"), ("median_ms", "median ms"),
     ("p90_ms", "p90 ms"), ("compile_ms", "compile ms"), ("images_per_s", "images/s"),
@@ -335,6 +410,8 @@ def summary_lines(records: list[dict]) -> list[str]:
     for r in records:
         if r["impl"] == "reference":
             lines.append(f"{r['task']} {r['shape']} fwd+bwd: reference / zoo kernel = {r['zoo_speedup']:.1f}x")
+        if r["section"] == "layers" and r["zoo_speedup"] != 1.0:
+            lines.append(f"{r['task']} ({r['shape']}) fwd+bwd: {r['impl']} / zoo = {r['zoo_speedup']:.2f}x")
         if r["impl"] == "torch-eager":
             zoo = next(x for x in records if x["task"] == r["task"] and x["impl"] == "zoo-jax")
             lines.append(
@@ -347,6 +424,7 @@ def summary_lines(records: list[dict]) -> list[str]:
 def write_markdown(path: pathlib.Path, env: dict, command: str, records: list[dict], notes: list[str], args) -> None:
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
     routing_rows = [r for r in records if r["section"] == "routing"]
+    layer_rows = [r for r in records if r["section"] == "layers"]
     train_rows = [r for r in records if r["section"] == "train_step"]
     text = [
         "# Capsules benchmark",
@@ -369,6 +447,9 @@ def write_markdown(path: pathlib.Path, env: dict, command: str, records: list[di
     ]
     if routing_rows:
         text += ["## Routing, forward + backward", "", harness.markdown_table(routing_rows, ROUTING_COLUMNS), ""]
+    if layer_rows:
+        text += ["## CapsNet's layers at the model's shapes, forward + backward", "",
+                 harness.markdown_table(layer_rows, LAYER_COLUMNS), ""]  # fmt: skip
     if train_rows:
         text += [
             "## Training step (forward, loss, backward, clip at global norm 5, Adam)",
@@ -485,12 +566,14 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     if "routing" in args.parts:
         records += bench_routing(args)
+    if "layers" in args.parts:
+        records += bench_layers(args)
     if "capsnet" in args.parts:
         records += bench_train("capsnet", args.capsnet_batch, args, missing is None)
     if "em_capsnet" in args.parts:
         records += bench_train("em_capsnet", args.em_batch, args, missing is None)
     for r in records:
-        r.setdefault("warmup", args.warmup if r["section"] == "train_step" else args.routing_warmup)
+        r.setdefault("warmup", args.routing_warmup if r["section"] == "routing" else args.warmup)
     records = [{"record": "result", "suite": "capsules", **r} for r in records]
     env["load_avg_1m_end"] = harness.load_average()
 

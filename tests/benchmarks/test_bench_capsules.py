@@ -34,6 +34,8 @@ def test_quick_run_writes_results(tmp_path):
     impls = {(r["task"], r["impl"]) for r in results}
     for task in ("dynamic_routing[sabour]", "dynamic_routing[su]", "em_routing"):
         assert {(task, "zoo-kernel"), (task, "reference")} <= impls
+    for layer in ("primary-capsule conv 9x9 s2", "class capsules (votes + routing)"):
+        assert sum(task == layer for task, _ in impls) == 2  # the zoo's path and the one it replaced
     for model in ("capsnet", "em_capsnet"):
         assert (f"{model} train step", "zoo-jax") in impls
         if torch:
