@@ -6,8 +6,8 @@ maps) is nearly all of the model's arithmetic: 191 M multiply-adds per image for
 times that with the gradients. As an im2col matmul (``zoo.core.layers.im2col_conv``) it
 also materialises 300 MB of patches at batch 100. In the Fourier domain a convolution is a
 pointwise product, and with channels it is a *channel matmul per frequency bin*, so the
-work falls with the kernel's area: 720 instead of 2,916 multiply-adds per (image, input
-channel, output channel) for that layer.
+work falls with the kernel's area: 688 instead of 2,916 multiply-adds per (image, input
+channel, output channel) for that layer (172 real products of 4·256 channels).
 
 The algorithm, for ``x [B, H, W, C]``, ``kernel [kh, kw, C, F]``, stride ``s``:
 
@@ -31,7 +31,8 @@ So ``y = E · bmm(Fx · x', Fk · k')``, like Winograd's ``Aᵀ[(G g) ⊙ (Bᵀ 
 the DFT's unit-modulus entries: its float32 error matches a direct convolution's (the tests
 compare both with a float64 oracle). The three constant matmuls have hand-written VJPs
 that multiply by the transposed constant, which XLA:CPU runs as plain matmuls instead of
-transposing the big operand (reverse mode only: ``jax.jvp`` through them raises).
+transposing the big operand (reverse mode only: ``jax.jvp``, ``jacfwd`` and ``hessian``
+through them raise).
 
 Measured ad hoc on the project's 2-core CPU, CapsNet's layer at batch 100, forward and both
 gradients with a ``sin`` after it: im2col 1.39 s, this 0.74 s (medians of five calls; ranges
@@ -53,6 +54,7 @@ from jax import lax
 from kernels.checks import argument_error as _error
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
+_HIGHEST = lax.Precision.HIGHEST  # no TF32 or bfloat16 passes on accelerators: the error claim is float32's
 
 
 def _check(fn, x, kernel, stride):
@@ -68,6 +70,8 @@ def _check(fn, x, kernel, stride):
     for name, a in (("x", x), ("kernel", kernel)):
         if not jnp.issubdtype(jnp.result_type(a), jnp.floating):
             raise _error(fn, name, "floating point", f"dtype {jnp.result_type(a)}")
+    if jnp.result_type(kernel) != jnp.result_type(x):  # as lax.conv_general_dilated
+        raise _error(fn, "kernel", f"x's dtype {jnp.result_type(x)}", f"dtype {jnp.result_type(kernel)}")
 
 
 @functools.lru_cache(maxsize=64)
@@ -115,13 +119,13 @@ def _constant_matmul(matrix: np.ndarray, dtype):
 
     @jax.custom_vjp
     def apply(x):
-        return jnp.dot(forward, x)
+        return jnp.dot(forward, x, precision=_HIGHEST)
 
     def apply_fwd(x):
         return apply(x), None
 
     def apply_bwd(_, g):
-        return (jnp.dot(backward, g),)
+        return (jnp.dot(backward, g, precision=_HIGHEST).astype(dtype),)
 
     apply.defvjp(apply_fwd, apply_bwd)
     return apply
@@ -133,12 +137,16 @@ def fourier_conv(x, kernel, stride: int = 1):
 
     Args:
       x: ``[B, H, W, C]`` float.
-      kernel: ``[kh, kw, C, F]``, ``kh <= H``, ``kw <= W``.
+      kernel: ``[kh, kw, C, F]``, ``kh <= H``, ``kw <= W``, x's dtype.
       stride: s >= 1, both axes.
     Returns:
-      ``[B, (H − kh)//s + 1, (W − kw)//s + 1, F]`` in x's dtype.
+      ``[B, (H − kh)//s + 1, (W − kw)//s + 1, F]`` in x's dtype. Half-precision inputs are
+      computed in float32: the DFT constants and Gauss's ``T0 − T2`` cancel digits that
+      bfloat16 does not have (2.5× a direct convolution's error, ad hoc).
     """
     _check("fourier_conv", x, kernel, stride)
+    out_dtype = x.dtype
+    x, kernel = (a.astype(jnp.promote_types(out_dtype, jnp.float32)) for a in (x, kernel))
     b, h, w, c = x.shape
     kh, kw, _, f = kernel.shape
     s = stride
@@ -156,9 +164,9 @@ def fourier_conv(x, kernel, stride: int = 1):
     p = fx.shape[0]
     x_hat = _constant_matmul(fx, x.dtype)(phases).reshape(p, b, cc)
     k_hat = _constant_matmul(fk, x.dtype)(taps).reshape(p, cc, f)
-    products = jnp.einsum("pbc,pcf->pbf", x_hat, k_hat)  # step 3: one batched matmul
+    products = jnp.einsum("pbc,pcf->pbf", x_hat, k_hat, precision=_HIGHEST)  # step 3: one batched matmul
     y = _constant_matmul(e, x.dtype)(products.reshape(p, b * f))  # [(ho wo), (B F)]
-    return y.reshape(ho, wo, b, f).transpose(2, 0, 1, 3)
+    return y.reshape(ho, wo, b, f).transpose(2, 0, 1, 3).astype(out_dtype)
 
 
 def fourier_conv_reference(x, kernel, stride: int = 1):

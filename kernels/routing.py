@@ -18,7 +18,8 @@ Shapes (B batch, I input/child capsules, J output/parent capsules, D or P pose s
 Every function checks its arguments eagerly and raises a ValueError naming the argument,
 the expected shape and the received one. Each has a ``*_reference`` twin written as plain
 loops for obviousness; the tests compare the two on fresh random inputs (values and
-gradients).
+gradients). ``capsule_routing`` is compared with the composition of two twins
+(``dynamic_routing_reference(capsule_votes_reference(...))``).
 
 Numerics. ``squash`` adds ``eps`` inside the square root, so its value and gradient are
 finite at s = 0 (the NaN most ports hit). EM routing runs in log space: responsibilities
@@ -226,7 +227,7 @@ def _input_major_votes_bwd(residuals, g):
     g = g.reshape(i, b, -1)
     du = jnp.einsum("ibk,idk->ibd", g, weights.reshape(i, din, -1))
     dw = jnp.einsum("idb,ibk->idk", jnp.swapaxes(u_t, 1, 2), g)
-    return du, dw.reshape(weights.shape)
+    return du.astype(u_t.dtype), dw.reshape(weights.shape).astype(weights.dtype)
 
 
 _input_major_votes.defvjp(_input_major_votes_fwd, _input_major_votes_bwd)

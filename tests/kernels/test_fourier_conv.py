@@ -26,6 +26,8 @@ CASES = [
     ((1, 11, 13, 3), (5, 3, 3, 2), 3),
     ((2, 6, 5, 2), (6, 5, 2, 3), 1),  # one output pixel
     ((2, 8, 8, 1), (1, 1, 1, 3), 2),
+    ((2, 11, 9, 2), (2, 3, 2, 3), 3),  # stride larger than the kernel
+    ((1, 9, 10, 2), (3, 3, 2, 2), 2),  # odd phase rows n, even phase columns m
 ]
 
 
@@ -80,15 +82,26 @@ def test_the_matrices_diagonalise_a_circular_correlation():
     assert fx.shape[0] == 3 * n * (m // 2 + 1) - 2 * 2
 
 
-def test_jit_compiles_once_and_vmap_agrees():
+def test_jit_and_vmap_agree_with_eager():
     x, kernel, _ = _problem(3, (3, 2, 12, 12, 4), (5, 5, 4, 3))
-    fn = jax.jit(fourier_conv, static_argnums=2)
-    fn(x[0], kernel, 2)
-    size = fn._cache_size()
-    fn(x[1], kernel, 2)
-    assert fn._cache_size() == size
+    eager = np.stack([fourier_conv(xi, kernel, 2) for xi in x])
+    jitted = np.stack([jax.jit(fourier_conv, static_argnums=2)(xi, kernel, 2) for xi in x])
+    np.testing.assert_allclose(jitted, eager, rtol=1e-6, atol=1e-6)
     batched = jax.vmap(lambda xi: fourier_conv(xi, kernel, 2))(x)
-    np.testing.assert_allclose(batched, np.stack([fourier_conv(xi, kernel, 2) for xi in x]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(batched, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_half_precision_is_computed_in_float32_and_keeps_its_dtype():
+    x, kernel, key = _problem(11, (2, 20, 20, 8), (9, 9, 8, 6))
+    xb, kb = x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
+    exact = _direct_float64(xb.astype(jnp.float32), kb.astype(jnp.float32), 2)  # same rounded inputs
+    got = fourier_conv(xb, kb, 2)
+    assert got.dtype == jnp.bfloat16
+    err = np.max(np.abs(np.asarray(got, np.float64) - exact)) / np.max(np.abs(exact))
+    assert err <= 2**-8  # the output's own rounding: half a bfloat16 ulp is 2^-9 relative
+    ct = jax.random.normal(key, got.shape, jnp.bfloat16)
+    grads = jax.grad(lambda a, b: jnp.sum((fourier_conv(a, b, 2) * ct).astype(jnp.float32)), argnums=(0, 1))(xb, kb)
+    assert [g.dtype for g in grads] == [jnp.bfloat16, jnp.bfloat16]
 
 
 def test_bad_arguments_raise_clear_errors():
@@ -103,6 +116,8 @@ def test_bad_arguments_raise_clear_errors():
         fourier_conv(x, jnp.zeros((9, 3, 3, 2)))
     with pytest.raises(ValueError, match=r"`x` must be floating point; got dtype int32"):
         fourier_conv(jnp.zeros((2, 8, 8, 3), jnp.int32), jnp.zeros((3, 3, 3, 2)))
+    with pytest.raises(ValueError, match=r"`kernel` must be x's dtype float32; got dtype bfloat16"):
+        fourier_conv(x, jnp.zeros((3, 3, 3, 2), jnp.bfloat16))
 
 
 def test_cpu_conv_takes_the_fourier_path_only_where_it_saves_work():
@@ -110,6 +125,7 @@ def test_cpu_conv_takes_the_fourier_path_only_where_it_saves_work():
     assert not fourier_pays((100, 28, 28, 1), (9, 9, 1, 256), 1)  # CapsNet's first conv: one channel
     assert fourier_pays((64, 16, 16, 128), (5, 5, 128, 128), 1)  # measured 1.5x faster
     assert not fourier_pays((64, 18, 18, 512), (3, 3, 512, 512), 1)  # Glow's 3x3 (SAME-padded): no faster
+    assert not fourier_pays((100, 10, 10, 448), (3, 3, 448, 384), 1)  # Inception's Mixed_7 3x3: untimed
     assert not fourier_pays((64, 14, 14, 64), (4, 4, 64, 128), 2)  # DCGAN's discriminator
 
 

@@ -219,6 +219,13 @@ def test_capsule_routing_gradients_equal_the_reference(rng, variant):
     assert_tree_close(g_fast, g_ref, rtol=1e-4, atol=1e-5)
 
 
+def test_capsule_routing_gradients_keep_the_inputs_dtypes(rng):
+    u, weights = routing_problem(rng, 2, 4, 3, 3, 5)
+    grads = jax.grad(lambda u, w: jnp.sum(routing.capsule_routing(u, w).astype(jnp.float32)), argnums=(0, 1))(
+        jnp.asarray(u, jnp.bfloat16), jnp.asarray(weights))
+    assert [g.dtype for g in grads] == [jnp.bfloat16, jnp.float32]
+
+
 def test_capsule_routing_rejects_bad_input():
     u = np.zeros((2, 5, 4), np.float32)
     with pytest.raises(ValueError, match=r"capsule_routing: `weights` must have shape \[I, Din, J, Dout\] = \[5, 4, J, Dout\]; got shape \(4, 3, 6\)"):

@@ -102,17 +102,24 @@ def fourier_pays(x_shape, kernel_shape, stride: int) -> bool:
     """Whether :func:`kernels.fourier_conv.fourier_conv` should beat a direct (im2col)
     convolution on XLA:CPU by 1.3× or more, forward and backward, by a two-term cost model.
 
-    Direct: ``B·ho·wo·kh·kw·C·F`` multiply-adds. Fourier: its multiply-adds (the batched
-    product and the three DFT matmuls) plus 76 per float of the kernel's spectrum
-    ``[P, s²C, F]``, which is memory-bound: it is written and read about five times a step,
-    and the 2-core dev box moves ~5.7 GB/s against ~65 G multiply-adds/s. Calibrated on
-    forward+backward timings there (direct → Fourier): CapsNet's 9×9 stride-2 256 → 256 on
-    20×20 at batch 100, 1.39 → 0.74 s (taken); 5×5 128 → 128 on 16×16 at batch 64,
-    0.28–0.34 → 0.18–0.23 s (taken); Glow's 3×3 512 → 512 on 18×18 at batch 64, 1.65–1.89 →
-    1.67–1.91 s (not taken: the spectrum is 532·512·512 floats).
+    Direct: ``B·ho·wo·kh·kw·C·F`` multiply-adds. Fourier: its forward multiply-adds (the
+    batched product and the three DFT matmuls) plus 76 per float of the kernel's spectrum
+    ``[P, s²C, F]``, which is memory-bound. That spectrum is written and read about five
+    times a step: 20 bytes per float, at the 2-core dev box's ~5.7 GB/s, take as long as ~230
+    multiply-adds at its ~65 G/s; both multiply-add counts are forward-only (a third of a
+    step's), so the spectrum term is 230/3 ≈ 76 per float.
+
+    Calibrated on forward+backward timings there (direct → Fourier): CapsNet's 9×9 stride-2
+    256 → 256 on 20×20 at batch 100, 1.39 → 0.74 s (taken); 5×5 128 → 128 on 16×16 at batch
+    64, 0.28–0.34 → 0.18–0.23 s (taken); Glow's 3×3 512 → 512 on 18×18 at batch 64, 1.65–1.89
+    → 1.67–1.91 s (not taken: the spectrum is 532·512·512 floats). Kernels under 5×5 taps
+    stay direct: the one 3×3 timing gained nothing, and Inception's 3×3 and 7×1 layers (FID,
+    forward only) were never timed.
     """
     b, h, w, c = x_shape
     kh, kw, _, f = kernel_shape
+    if kh * kw < 25:
+        return False
     s = stride
     ho, wo = (h - kh) // s + 1, (w - kw) // s + 1
     th, tw = -(-kh // s), -(-kw // s)
@@ -125,10 +132,12 @@ def fourier_pays(x_shape, kernel_shape, stride: int) -> bool:
 
 
 def cpu_conv(x, kernel, stride: int):
-    """:func:`kernels.fourier_conv.fourier_conv` where :func:`fourier_pays`, else
-    :func:`im2col_conv`, :func:`space_to_depth_conv` or :func:`shift_add_conv`, chosen by
-    shape (the cheapest in the measurements quoted in their docstrings)."""
-    if fourier_pays(x.shape, kernel.shape, stride):
+    """:func:`kernels.fourier_conv.fourier_conv` where :func:`fourier_pays` (and x and the
+    kernel share a dtype), else :func:`im2col_conv`, :func:`space_to_depth_conv` or
+    :func:`shift_add_conv`, chosen by shape (the cheapest in the measurements quoted in
+    their docstrings). The Fourier path is reverse-mode only: ``jax.jvp``/``jacfwd`` through
+    such a layer raise (today only CapsNet's primary capsules at training batch sizes)."""
+    if x.dtype == kernel.dtype and fourier_pays(x.shape, kernel.shape, stride):
         return fourier_conv(x, kernel, stride)
     kh, kw, c, f = kernel.shape
     if stride == 1 and kh * kw > 1 and f < c:
