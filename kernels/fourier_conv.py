@@ -74,6 +74,24 @@ def _check(fn, x, kernel, stride):
         raise _error(fn, "kernel", f"x's dtype {jnp.result_type(x)}", f"dtype {jnp.result_type(kernel)}")
 
 
+def phase_geometry(h: int, w: int, kh: int, kw: int, stride: int):
+    """``(ho, wo, th, tw, n, m)`` for an ``h×w`` input and a ``kh×kw`` kernel: the output size,
+    the taps per phase (``⌈kh/s⌉``) and the phase-image rows and columns the outputs read
+    (``ho + th − 1``), i.e. the DFT size. Shared with the CPU cost model
+    (``zoo.core.layers.fourier_pays``)."""
+    s = stride
+    ho, wo = (h - kh) // s + 1, (w - kw) // s + 1
+    th, tw = -(-kh // s), -(-kw // s)
+    return ho, wo, th, tw, ho + th - 1, wo + tw - 1
+
+
+def num_products(n: int, m: int) -> int:
+    """``P``, the real products of an ``n×m`` DFT: three per bin of the half spectrum, one per
+    real bin (frequency 0 or n/2 on both axes)."""
+    real_bins = (1 + (n % 2 == 0)) * (1 + (m % 2 == 0))
+    return 3 * n * (m // 2 + 1) - 2 * real_bins
+
+
 @functools.lru_cache(maxsize=64)
 def fourier_matrices(n: int, m: int, th: int, tw: int, ho: int, wo: int):
     """The constants of ``y = E · bmm(Fx · x, Fk · k)`` for a stride-1 correlation of an
@@ -150,9 +168,7 @@ def fourier_conv(x, kernel, stride: int = 1):
     b, h, w, c = x.shape
     kh, kw, _, f = kernel.shape
     s = stride
-    ho, wo = (h - kh) // s + 1, (w - kw) // s + 1
-    th, tw = -(-kh // s), -(-kw // s)  # taps per phase
-    n, m = ho + th - 1, wo + tw - 1  # rows and columns of the phase images the outputs read
+    ho, wo, th, tw, n, m = phase_geometry(h, w, kh, kw, s)
     x = x[:, : n * s, : m * s]
     x = jnp.pad(x, ((0, 0), (0, n * s - x.shape[1]), (0, m * s - x.shape[2]), (0, 0)))
     kernel = jnp.pad(kernel, ((0, th * s - kh), (0, tw * s - kw), (0, 0), (0, 0)))

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels.fourier_conv import fourier_conv, fourier_conv_reference, fourier_matrices
+from kernels.fourier_conv import fourier_conv, fourier_conv_reference, fourier_matrices, num_products
 from zoo.core.layers import cpu_conv, fourier_pays
 
 
@@ -79,7 +79,9 @@ def test_the_matrices_diagonalise_a_circular_correlation():
     want = [np.sum(x[i : i + th, j : j + tw] * k) for i in range(n - th + 1) for j in range(m - tw + 1)]
     np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
     # one product per real bin (u, v in {0, n/2} x {0, m/2}: here 2 x 1), three per other bin
-    assert fx.shape[0] == 3 * n * (m // 2 + 1) - 2 * 2
+    assert fx.shape[0] == 3 * n * (m // 2 + 1) - 2 * 2 == num_products(n, m)
+    for n2, m2 in ((10, 10), (9, 10), (7, 5), (1, 1)):
+        assert fourier_matrices(n2, m2, 1, 1, n2, m2)[0].shape[0] == num_products(n2, m2)
 
 
 def test_jit_and_vmap_agree_with_eager():

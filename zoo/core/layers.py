@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from kernels.fourier_conv import fourier_conv
+from kernels.fourier_conv import fourier_conv, num_products, phase_geometry
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
@@ -120,12 +120,9 @@ def fourier_pays(x_shape, kernel_shape, stride: int) -> bool:
     kh, kw, _, f = kernel_shape
     if kh * kw < 25:
         return False
-    s = stride
-    ho, wo = (h - kh) // s + 1, (w - kw) // s + 1
-    th, tw = -(-kh // s), -(-kw // s)
-    n, m = ho + th - 1, wo + tw - 1
-    products = 3 * n * (m // 2 + 1)  # P, up to the few real bins that need one product
-    cc = s * s * c
+    ho, wo, th, tw, n, m = phase_geometry(h, w, kh, kw, stride)
+    products = num_products(n, m)
+    cc = stride * stride * c
     direct = b * ho * wo * kh * kw * c * f
     fourier = products * (b * cc * f + n * m * b * cc + th * tw * cc * f + ho * wo * b * f)
     return 1.3 * (fourier + 76 * products * cc * f) <= direct
