@@ -29,3 +29,42 @@ def sums(terms, axes):
         raise ValueError(f"sums: `terms` must all have one shape; got shapes {sorted(shapes)}")
     zeros = tuple(jnp.zeros((), t.dtype) for t in terms)
     return jax.lax.reduce(terms, zeros, lambda xs, ys: tuple(x + y for x, y in zip(xs, ys)), tuple(axes))
+
+
+# XLA:CPU rewrites a reduction over a dimension longer than this into a reduce-window of
+# this size followed by a reduce (pairwise-style accuracy), and the reduce-window does not
+# fuse its elementwise producer: the product being summed is written out in full first.
+_CPU_REDUCE_WINDOW = 32
+
+
+def _split(n: int) -> int:
+    """The largest divisor of ``n`` that is at most the window (1 if none is at least 8)."""
+    best = max(d for d in range(1, min(n, _CPU_REDUCE_WINDOW) + 1) if n % d == 0)
+    return best if best >= 8 else 1
+
+
+def blocked_sums(terms, axis: int):
+    """``[jnp.sum(t, axis=axis) for t in terms]`` as two nested variadic sums, so that the
+    elementwise producer of ``terms`` fuses into the reduction.
+
+    The axis (length ``n``) is split as ``n = outer · inner`` with ``inner`` at most 32 (XLA:CPU's
+    reduction window) and summed in two stages, with an optimisation barrier between them
+    so XLA does not merge the stages back into one long reduction. For the EM routing's
+    sums over 72 children of a [1600, 72, 16, 16] product, on the 2-core CPU: 17 ms against
+    54 ms (ad hoc). When ``n <= 32`` or has no divisor between 8 and 32 it is :func:`sums`.
+
+    Args:
+      terms: a sequence of arrays of one shape.
+      axis: the (non-negative) axis to sum over.
+    Returns:
+      a tuple of the sums, one per term.
+    """
+    terms = tuple(terms)
+    n = jnp.shape(terms[0])[axis]
+    inner = _split(n) if n > _CPU_REDUCE_WINDOW else 1
+    if inner == 1:
+        return sums(terms, (axis,))
+    shape = jnp.shape(terms[0])
+    split = shape[:axis] + (n // inner, inner) + shape[axis + 1 :]
+    partial = sums([t.reshape(split) for t in terms], (axis + 1,))
+    return sums(jax.lax.optimization_barrier(partial), (axis,))

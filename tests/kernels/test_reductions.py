@@ -1,11 +1,13 @@
-"""kernels/reductions.py: one variadic reduction equals the separate sums, values and gradients."""
+"""kernels/reductions.py: one variadic reduction equals the separate sums, values and gradients;
+the blocked form equals them too and keeps XLA:CPU from writing the summed product out."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels.reductions import sums
+from kernels.reductions import blocked_sums, sums
+from zoo.core.config import YNNPACK_DOTS_ONLY
 
 
 @pytest.mark.parametrize("axes", [(0,), (1, 3), (0, 1, 2)])
@@ -33,3 +35,41 @@ def test_sums_equal_separate_sums_values_and_gradients(axes):
 def test_terms_of_different_shapes_raise():
     with pytest.raises(ValueError, match=r"`terms` must all have one shape; got shapes \[\(2,\), \(3,\)\]"):
         sums([jnp.ones(2), jnp.ones(3)], (0,))
+
+
+@pytest.mark.parametrize("n, axis", [(72, 1), (1152, 0), (37, 1), (20, 2), (64, 3)])
+def test_blocked_sums_equal_plain_sums_values_and_gradients(n, axis):
+    rng = np.random.default_rng(n)
+    shape = [3, 4, 5, 2]
+    shape[axis] = n
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    w = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    terms = lambda x: [x * w, jnp.square(x)]  # noqa: E731
+    got = jax.jit(lambda x: blocked_sums(terms(x), axis))(x)
+    want = [jnp.sum(t, axis=axis) for t in terms(x)]
+    for a, b in zip(got, want, strict=True):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.sqrt(n))
+    probe = [jnp.asarray(rng.normal(size=b.shape), jnp.float32) for b in want]
+    loss = lambda f: lambda x: sum(jnp.sum(s * p) for s, p in zip(f(x), probe))  # noqa: E731
+    g_got = jax.jit(jax.grad(loss(lambda x: blocked_sums(terms(x), axis))))(x)
+    g_want = jax.grad(loss(lambda x: [jnp.sum(t, axis=axis) for t in terms(x)]))(x)
+    np.testing.assert_allclose(g_got, g_want, rtol=1e-5, atol=1e-5)
+
+
+def test_blocked_sums_fuse_the_product_into_the_reduction():
+    # The reason it exists: with XLA's own reductions (YNNPACK taking dots only, as the EM
+    # capsule config sets), a plain sum over 72 becomes a reduce-window that writes the
+    # product out.
+    x = jnp.ones((8, 72, 16, 16), jnp.float32)
+    c = jnp.ones((8, 72, 16), jnp.float32)
+
+    def hlo(fn):
+        return jax.jit(fn, compiler_options=YNNPACK_DOTS_ONLY).lower(x, c).compile().as_text()
+
+    plain = hlo(lambda x, c: jnp.sum(c[..., None] * x, axis=1))
+    blocked = hlo(lambda x, c: blocked_sums([c[..., None] * x], 1)[0])
+    assert "reduce-window" in plain
+    assert "reduce-window" not in blocked
+    # no fusion of the blocked form outputs a full-size [8, 72, 16, 16] array
+    assert not [line for line in blocked.splitlines() if "fusion(" in line and "= f32[8,72,16,16]" in line]

@@ -282,6 +282,41 @@ def test_em_routing_gradients_match_reference(rng):
         assert_tree_close(*both(*(np.asarray(x, np.float64) for x in (votes, a_in, beta_u, beta_a))), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("num_iters", [1, 2, 3])
+def test_em_routing_hand_vjp_equals_autodiff_of_its_forward_pass(rng, num_iters):
+    # The hand-written backward pass against jax.grad of the same forward pass, float64, with
+    # cotangents on all three outputs, scalar and per-parent betas, both amount scalings, and
+    # children (or whole samples) with zero activation (the amount-floor branch).
+    with jax.enable_x64(True):
+        for trial in range(6):
+            b, i, j, p = (int(rng.integers(1, 4)), int(rng.integers(1, 7)), int(rng.integers(1, 5)),
+                          int(rng.integers(1, 6)))  # fmt: skip
+            votes = rng.normal(size=(b, i, j, p))
+            a_in = rng.uniform(0.0, 1.0, size=(b, i))
+            if trial == 1:
+                a_in[0] = 0.0
+            if trial == 2:
+                a_in[:, 0] = 0.0
+            beta_shape = (j,) if trial % 2 else ()
+            beta_u, beta_a = rng.normal(size=beta_shape), rng.normal(size=beta_shape)
+            probes = rng.normal(size=(b, j, p)), rng.normal(size=(b, j)), rng.normal(size=(b, i, j))
+            static = (num_iters, float(rng.uniform(0.1, 2.0)), 1e-4, bool(trial % 3))
+
+            def loss(fn, *args):
+                return sum(jnp.sum(out * probe) for out, probe in zip(fn(*args), probes, strict=True))
+
+            hand = functools.partial(loss, lambda *args: routing._em_routing_vjp(*args, *static))
+            auto = functools.partial(loss, lambda *args: routing._em_iterations(*args, *static)[0])
+            args = (votes, a_in, beta_u, beta_a)
+            g_hand = jax.grad(hand, argnums=(0, 1, 2, 3))(*args)
+            g_auto = jax.grad(auto, argnums=(0, 1, 2, 3))(*args)
+            for got, want in zip(g_hand, g_auto, strict=True):
+                assert got.shape == want.shape and got.dtype == want.dtype
+                # zero activations put 1/tiny = 1e12 into some entries: tolerances scale with them
+                scale = max(1.0, float(np.max(np.abs(want)))) if want.size else 1.0
+                np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10 * scale)
+
+
 def test_em_responsibilities_sum_to_one_and_activations_in_unit_interval(rng):
     votes, a_in, beta_u, beta_a = em_problem(rng, b=3, i=12, j=6, p=16)
     mean, act, resp = routing.em_routing(votes, a_in, beta_u, beta_a, inverse_temperature=0.1, return_responsibilities=True)
