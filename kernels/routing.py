@@ -454,10 +454,10 @@ def _em_routing_bwd(num_iters, lam, min_var, normalize_amount, residuals, cotang
     g_a = jnp.zeros_like(a_in)
     g_beta_u = jnp.zeros_like(g_logit)
     g_beta_a = jnp.zeros_like(g_logit)
-    terms = []  # per iteration: (c [B,I,J], mu, var, mean pull [B,J,P], variance pull [B,J,P], E pull [B,I,J] | None)
+    terms = []  # per iteration: (c [B,I,J], mu, 1/σ², mean pull [B,J,P], variance pull [B,J,P], E pull [B,I,J] | None)
     for t in reversed(range(num_iters)):
         s = saved[t]
-        mean, var, inv_var = s["mean"], s["var"], 1.0 / s["var"]
+        mean, inv_var = s["mean"], 1.0 / s["var"]
         g_m = None
         if t < num_iters - 1:  # ---- E-step t: R_t = softmax_j(log_sigmoid(logit) - (m + log_norm) / 2)
             resp = saved[t + 1]["resp_in"]
