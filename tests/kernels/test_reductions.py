@@ -55,6 +55,12 @@ def test_blocked_sums_equal_plain_sums_values_and_gradients(n, axis):
     g_got = jax.jit(jax.grad(loss(lambda x: blocked_sums(terms(x), axis))))(x)
     g_want = jax.grad(loss(lambda x: [jnp.sum(t, axis=axis) for t in terms(x)]))(x)
     np.testing.assert_allclose(g_got, g_want, rtol=1e-5, atol=1e-5)
+    # one term (summed with a hidden zero operand, differentiated as a plain sum)
+    (one,) = jax.jit(lambda x: blocked_sums(terms(x)[:1], axis))(x)
+    np.testing.assert_allclose(one, want[0], rtol=1e-5, atol=1e-5 * np.sqrt(n))
+    g_one = jax.jit(jax.grad(lambda x: jnp.sum(blocked_sums(terms(x)[:1], axis)[0] * probe[0])))(x)
+    np.testing.assert_allclose(g_one, jax.grad(lambda x: jnp.sum(jnp.sum(terms(x)[0], axis=axis) * probe[0]))(x),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
 
 
 def test_blocked_sums_fuse_the_product_into_the_reduction():
