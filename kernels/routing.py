@@ -423,9 +423,9 @@ def _em_routing_bwd(num_iters, lam, min_var, normalize_amount, residuals, cotang
     """Reverse pass of :func:`_em_iterations`, written so that the votes are read in few
     fused passes: per EM iteration one reduction over children (the E-step's pull on the
     means and variances) and one over pose entries (the M-step's pull on the coefficients),
-    then a single pass that writes the votes' gradient, a sum over iterations of products
+    then one elementwise pass for the votes' gradient, a sum over iterations of products
     of [B, I, J] and [B, J, P] factors with ``V − mu_t``. Autodiff of the forward pass read
-    and wrote the votes-sized tensors about twice as often (EMCapsNet's step, 2-core CPU).
+    and wrote votes-sized tensors about twice as often (EMCapsNet's step, 2-core CPU).
 
     Notation per iteration t: weights ``w = R_{t-1} a``, amount ``n = Σ_i w``, coefficients
     ``c = w / max(n, tiny)``, ``d = V − mu``. Two identities keep it short:
