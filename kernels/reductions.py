@@ -62,12 +62,18 @@ def blocked_sums(terms, axis: int):
     stages are one :func:`sums`.
 
     Args:
-      terms: a sequence of arrays of one shape.
-      axis: the (non-negative) axis to sum over.
+      terms: a non-empty sequence of arrays of one shape.
+      axis: the axis to sum over (negative counts from the end).
     Returns:
       a tuple of the sums, one per term.
     """
     terms = tuple(terms)
+    if not terms:
+        raise ValueError("blocked_sums: `terms` must hold at least one array; got none")
+    ndim = jnp.ndim(terms[0])
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"blocked_sums: `axis` must lie in [-{ndim}, {ndim}) for terms of rank {ndim}; got {axis}")
+    axis = axis % ndim
     if len(terms) == 1:  # see the docstring: a zero second operand
         return (_blocked_sum(terms[0], axis),)
     n = jnp.shape(terms[0])[axis]

@@ -79,3 +79,12 @@ def test_blocked_sums_fuse_the_product_into_the_reduction():
     assert "reduce-window" not in blocked
     # no fusion of the blocked form outputs a full-size [8, 72, 16, 16] array
     assert not [line for line in blocked.splitlines() if "fusion(" in line and "= f32[8,72,16,16]" in line]
+
+
+def test_blocked_sums_take_negative_axes_and_reject_bad_ones():
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 40, 3)), jnp.float32)
+    np.testing.assert_allclose(blocked_sums([x], -2)[0], jnp.sum(x, axis=1), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"blocked_sums: `axis` must lie in \[-3, 3\) for terms of rank 3; got 3"):
+        blocked_sums([x], 3)
+    with pytest.raises(ValueError, match=r"blocked_sums: `terms` must hold at least one array; got none"):
+        blocked_sums([], 0)
