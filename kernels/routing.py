@@ -493,10 +493,10 @@ def _em_routing_bwd(num_iters, lam, min_var, normalize_amount, residuals, cotang
     per_child = jnp.stack([jnp.stack([c, jnp.zeros_like(c) if g_m is None else g_m]) for c, *_, g_m in terms], 2)
     g_votes = jnp.zeros_like(votes)
     for t in range(len(terms)):
-        mean, g_var2, inv_var2, g_mu = (x[:, t, None] for x in per_parent)  # [B, 1, J, P]
-        coeff, g_m = (x[:, t, ..., None] for x in per_child)  # [B, I, J, 1]
-        centred = votes - mean
-        g_votes = g_votes + coeff * (g_mu + centred * g_var2) + g_m * centred * inv_var2
+        mean_t, g_var2_t, inv_var2_t, g_mu_t = (x[:, t, None] for x in per_parent)  # [B, 1, J, P]
+        coeff_t, g_m_t = (x[:, t, ..., None] for x in per_child)  # [B, I, J, 1]
+        centred_t = votes - mean_t
+        g_votes = g_votes + coeff_t * (g_mu_t + centred_t * g_var2_t) + g_m_t * centred_t * inv_var2_t
     g_beta_u = jnp.sum(g_beta_u, axis=0) if beta_u.ndim else jnp.sum(g_beta_u)
     g_beta_a = jnp.sum(g_beta_a, axis=0) if beta_a.ndim else jnp.sum(g_beta_a)
     return (g_votes.astype(votes.dtype), g_a.astype(a_in.dtype), g_beta_u.astype(beta_u.dtype),
