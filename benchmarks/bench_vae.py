@@ -9,7 +9,11 @@ Bernoulli/BCE reconstruction, analytic KL, one posterior sample, Adam at 1e-3, b
 * zoo-jax: the jitted step ``zoo train vae`` runs (``make_train_step`` on the VAE task's
   loss and optimiser, with the config's ``train.cpu_compiler_options``: YNNPACK keeps dots
   and convolutions, not reductions; ``zoo.core.config.YNNPACK_NO_REDUCE``). Timed per step:
-  the host batch to device (``shard_batch``), the step, ``block_until_ready`` on its metrics.
+  the numpy batch handed to the step, which places it per its ``in_shardings``
+  (``parallel.step_batch``, as ``zoo train`` does), the step, ``block_until_ready`` on its
+  metrics. The row ``zoo-jax (device_put)`` is the same run with the batch placed by a
+  separate ``jax.device_put`` first (``parallel.shard_batch``: this bench's and ``zoo train``'s
+  way before 2026-11-23): the same losses, and the cost of that placement.
   Lowering and XLA compilation are timed once, before the loop, and reported apart
   (``compile_ms``).
 * pythae-torch: ``pythae.models.VAE`` with the same MLP (``benchmarks/peers/vae_torch.py``);
@@ -68,7 +72,9 @@ def _nats_record(nats: float, num_dims: int) -> float:
     return nats / (num_dims * math.log(2.0))
 
 
-def bench_zoo(args, config, test_images, test_labels) -> dict:
+def bench_zoo(args, config, test_images, test_labels, placement: str = "step") -> dict:
+    """``placement``: ``"step"`` hands the step numpy batches (``parallel.step_batch``);
+    ``"device_put"`` places them first (``parallel.shard_batch``)."""
     from zoo.core import parallel
     from zoo.core.train import cpu_compiler_options, init_state, make_train_step
     from zoo.vae import task as vae_task
@@ -81,7 +87,8 @@ def bench_zoo(args, config, test_images, test_labels) -> dict:
     step = make_train_step(task, mesh, compiler_options=cpu_compiler_options(config.train, mesh))  # as `zoo train`
     batches = task.train_batches(0)
     loop_key = jax.random.key(1)
-    first = parallel.shard_batch(next(task.train_batches(0)), mesh)
+    place = {"step": parallel.step_batch, "device_put": parallel.shard_batch}[placement]
+    first = place(next(task.train_batches(0)), mesh)
     t0 = time.perf_counter()
     lowered = step.lower(state, first, loop_key)
     t1 = time.perf_counter()
@@ -93,7 +100,7 @@ def bench_zoo(args, config, test_images, test_labels) -> dict:
         for _ in range(args.steps):
             batch = next(batches)
             s0 = time.perf_counter()
-            state, metrics = compiled(state, parallel.shard_batch(batch, mesh), loop_key)
+            state, metrics = compiled(state, place(batch, mesh), loop_key)
             jax.block_until_ready(metrics)
             times.append(time.perf_counter() - s0)
             losses.append(metrics["loss"])
@@ -103,7 +110,8 @@ def bench_zoo(args, config, test_images, test_labels) -> dict:
     nelbo, iwae = vae_task.test_nats(model, state.params, test_images, test_labels, "fixed", (args.iwae_k,),
                                      args.eval_batch, 1)  # fmt: skip
     nelbo, iwae = float(nelbo), float(iwae)
-    return {"impl": "zoo-jax", **harness.summarize(times[args.warmup:]), "lower_ms": (t1 - t0) * 1e3,
+    impl = "zoo-jax" if placement == "step" else f"zoo-jax ({placement})"
+    return {"impl": impl, **harness.summarize(times[args.warmup:]), "lower_ms": (t1 - t0) * 1e3,
             "compile_ms": (t2 - t1) * 1e3, "train_wall_s": wall, "eval_s": time.perf_counter() - e0,
             "final_train_loss": float(np.mean(losses[-50:])), "test_nelbo": nelbo, "test_iwae": iwae,
             "num_params": n_params, "other_cpu_cores": load.cores}  # fmt: skip
@@ -145,7 +153,7 @@ def markdown(env: dict, command: str, records: list[dict], notes: list[str]) -> 
             ("median_ms", "median ms/step"), "p90_ms", "compile_ms", ("time_vs_zoo", "time / zoo"),
             "train_wall_s", "num_params", "check_ok", ("other_cpu_cores", "other cores")]),
     }  # fmt: skip
-    protocol = ("per seed, one run of each on the same batches; per-step wall time (zoo: host batch to device, compiled "
+    protocol = ("per seed, one run of each on the same batches; per-step wall time (zoo: numpy batch into the compiled "
                 "step, block_until_ready; pythae: batch to tensor, zero_grad/forward/backward/Adam), median and "
                 "p90 after the warm-up steps; the zoo's lowering and compilation timed once, apart; "
                 "'time / zoo' > 1 means the zoo is that many times faster.")
@@ -202,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         config.seed = seed  # the init of both models and the batch order (the same for both)
         _, (test_images, test_labels) = vae_task.load_data(config)
         num_dims = int(np.prod(test_images.shape[1:]))
-        rows = [bench_zoo(args, config, test_images, test_labels)]
+        rows = [bench_zoo(args, config, test_images, test_labels, placement)
+                for placement in ("step", "device_put")]
         if torch_ok and not args.torch_threads and seed == 0:
             from benchmarks.peers import vae_torch
 
@@ -251,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(f"target (zoo test loss <= pythae's, step >= 2x faster), means over {args.seeds} seed(s): "
                      f"test −ELBO zoo − pythae = {gap:+.2f} nats (−L_{args.iwae_k}: {gap_k:+.2f}), step speed-up "
                      f"{speedup:.2f}x -> {'met' if gap <= 0 and speedup >= 2 else 'NOT met'}")  # fmt: skip
+        placed = next(r for r in records if r["section"] == "summary" and r["impl"] == "zoo-jax (device_put)")
+        notes.append(f"with the batch placed by jax.device_put before the step (zoo-jax (device_put)): "
+                     f"step speed-up {peer['median_ms'] / placed['median_ms']:.2f}x")  # fmt: skip
     notes += harness.timing_notes(records)
     notes.append(f"test −L_k: k = {args.iwae_k} importance samples per image (pythae: get_nll)")
     failed = [f"{r['task']} {r['impl']}" for r in records if not r["check_ok"]]

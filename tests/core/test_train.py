@@ -143,6 +143,27 @@ def test_ynnpack_no_reduce_keeps_dots_and_moves_reductions_out():
     assert (ynn_fusions(None), ynn_fusions(YNNPACK_NO_REDUCE)) == (2, 1)
 
 
+def test_step_batch_feeds_a_sharded_jit_like_shard_batch(monkeypatch):
+    """One process: the numpy batch itself, which the jit places per its in_shardings; the
+    several-process branch builds global arrays from each process's rows."""
+    mesh = parallel.data_mesh(4)
+    sharded = parallel.batch_sharded(mesh)
+    double = jax.jit(lambda b: b["x"] * 2, in_shardings=(sharded,))
+    batch = {"x": np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)}
+    assert parallel.step_batch(batch, mesh) is batch
+    via_step, via_put = double(parallel.step_batch(batch, mesh)), double(parallel.shard_batch(batch, mesh))
+    assert via_step.sharding.is_equivalent_to(sharded, 2)
+    np.testing.assert_array_equal(via_step, 2 * batch["x"])
+    np.testing.assert_array_equal(via_step, via_put)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    global_batch = parallel.step_batch(batch, mesh)
+    assert global_batch["x"].sharding.is_equivalent_to(sharded, 2)
+    np.testing.assert_array_equal(double(global_batch), 2 * batch["x"])
+    for place in (parallel.step_batch, parallel.shard_batch):
+        with pytest.raises(ValueError, match=r"field 'x' has leading size 6, which must be divisible by .* \(4\)"):
+            place({"x": np.ones((6, 3))}, mesh)
+
+
 def test_batch_not_divisible_by_devices_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"leading size 6, which must be divisible by the number of devices \(4\)"):
         train_and_evaluate(toy_config(num_devices=4), tmp_path, toy_task(batch_size=6))

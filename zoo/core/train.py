@@ -193,7 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, t
     )
     eval_metrics: dict[str, float] = {}
     for step in range(start_step, num_steps):
-        batch = parallel.shard_batch(next(batches), mesh)
+        batch = parallel.step_batch(next(batches), mesh)
         state, metrics = train_step(state, batch, loop_key)
         pending.append(metrics)
         done = step + 1
