@@ -59,7 +59,6 @@ import argparse
 import pathlib
 import shlex
 import sys
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -69,7 +68,7 @@ from benchmarks import harness
 from kernels import attention as attn
 from kernels import flash_attention as flash
 
-RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+RESULTS_DIR = harness.RESULTS_DIR
 MASKS = ("none", "causal", "prefix_lm", "permutation", "padding")
 DEFAULT_SHAPES = ((4, 4, 256, 64), (2, 4, 1024, 64))
 QUICK_SHAPES = ((1, 2, 32, 8),)
@@ -298,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--impls pallas off GPU runs the kernel in Pallas interpret mode (very slow): add --quick")
     if args.quick:
         args.shapes, args.repeats, args.warmup = QUICK_SHAPES, 2, 1
-    out_dir = args.out or (pathlib.Path(tempfile.mkdtemp(prefix="attention-bench-")) if args.quick else RESULTS_DIR)
+    out_dir = harness.output_dir(args.out, args.quick, "attention-bench-")
     env = harness.environment()
     rng = np.random.default_rng(args.seed)
     records = []

@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import shlex
 import sys
-import tempfile
 import time
 
 import jax
@@ -48,7 +46,7 @@ import numpy as np
 from benchmarks import harness
 from kernels import routing
 
-RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+RESULTS_DIR = harness.RESULTS_DIR
 PARTS = ("routing", "layers", "capsnet", "em_capsnet")
 NUM_ITERS = 3
 EM_INVERSE_TEMPERATURE = 0.01
@@ -548,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the suite; returns 0, or 1 if any check failed."""
     args = _parser().parse_args(argv)
     _resolve_defaults(args)
-    out_dir = args.out or (pathlib.Path(tempfile.mkdtemp(prefix="capsules-bench-")) if args.quick else RESULTS_DIR)
+    out_dir = harness.output_dir(args.out, args.quick, "capsules-bench-")
 
     missing = _torch_available()
     env = harness.environment()
@@ -558,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         env["torch_threads"] = torch.get_num_threads()
     else:
         env["torch_threads"] = None
-    command = shlex.join(getattr(sys, "orig_argv", sys.argv))
+    command = harness.command_line()
     notes = [] if missing is None else [f"torch not importable, zoo rows only: {missing}"]
     print(f"# {env['device_kind']} ({env['platform']}), git {env['git_rev']}, torch threads {env['torch_threads']}; "
           f"{notes[0] if notes else 'with the torch peer'}", flush=True)  # fmt: skip

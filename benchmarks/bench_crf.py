@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import shlex
 import sys
 import warnings
 
@@ -33,7 +32,7 @@ from benchmarks import harness
 from kernels.crf import crf_log_likelihood, crf_viterbi
 
 DEFAULT_SHAPES = ((32, 50, 9), (64, 256, 9), (8, 1024, 4))
-RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+RESULTS_DIR = harness.RESULTS_DIR
 NLL_RTOL = 1e-3  # relative error allowed on the NLL
 PATH_RTOL = 1e-5  # relative score gap allowed for a decoded path (float32 near-ties)
 GRAD_RTOL = 1e-2  # gradients: pytorch-crf's unshifted float32 forward-backward reaches ~1e-3 at T=1024
@@ -404,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         _setup_torch(args.torch_threads)
     env = harness.environment()
     env["torch_threads"] = args.torch_threads if missing is None else None
-    command = shlex.join(getattr(sys, "orig_argv", sys.argv))
+    command = harness.command_line()
     notes = [] if missing is None else [f"peers not importable, zoo rows only: {missing}"]
     print(f"# {env['device_kind']} ({env['platform']}), git {env['git_rev']}; {notes[0] if notes else 'with peers'}")
 

@@ -20,7 +20,6 @@ Writes ``benchmarks/results/decode-<platform>.jsonl`` and ``.md`` (overwritten e
 from __future__ import annotations
 
 import argparse
-import pathlib
 import shlex
 import sys
 
@@ -32,7 +31,7 @@ from benchmarks import harness
 from zoo.seq2seq import greedy
 from zoo.transformer import TransformerLM, cached_prefill, make_cached_logits_fn, make_recompute_logits_fn
 
-RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+RESULTS_DIR = harness.RESULTS_DIR
 
 
 def build(args):

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import shlex
 import sys
 import tempfile
 import time
@@ -49,7 +48,7 @@ from benchmarks import harness
 from kernels import flows as F
 from zoo.flows.model import PRIORS
 
-RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+RESULTS_DIR = harness.RESULTS_DIR
 PARTS = ("logdet", "step", "compile", "train")
 DEFAULT_PARTS = ("logdet", "step", "compile")
 CHANNELS = (16, 64, 256, 512)
@@ -377,11 +376,11 @@ def main(argv: list[str] | None = None) -> int:
         args.image_shape, args.levels, args.depth, args.width, args.batch = (8, 8, 1), 2, 2, 8, 4
         args.channels, args.depths, args.repeats, args.warmup = (4, 8), (1, 2), 2, 1
         args.train_steps = min(args.train_steps, 3)
-    out_dir = args.out or (pathlib.Path(tempfile.mkdtemp(prefix="flows-bench-")) if args.quick else RESULTS_DIR)
+    out_dir = harness.output_dir(args.out, args.quick, "flows-bench-")
     torch_ok, env_threads = harness.torch_peer("benchmarks.peers.flows_torch")
     env = harness.environment()
     env["torch_threads"] = env_threads
-    command = shlex.join(getattr(sys, "orig_argv", sys.argv))
+    command = harness.command_line()
     records = []
     if "logdet" in parts:
         records += bench_logdet(args)

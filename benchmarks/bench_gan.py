@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import shlex
 import shutil
 import sys
 import tempfile
@@ -40,7 +39,7 @@ import numpy as np
 
 from benchmarks import harness
 
-RESULTS_DIR = pathlib.Path(__file__).parent / "results"
+RESULTS_DIR = harness.RESULTS_DIR
 DOCS_DIR = pathlib.Path(__file__).parent.parent / "docs" / "gan" / "table"
 PARTS = ("step", "peer", "inception", "table")
 DEFAULT_PARTS = ("step", "peer")
@@ -319,12 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.batch, args.repeats, args.warmup, args.peer_batches = 8, 2, 1, [8]
         args.train_steps, args.fid_samples = min(args.train_steps, 3), 64
-    out_dir = args.out or (pathlib.Path(tempfile.mkdtemp(prefix="gan-bench-")) if args.quick else RESULTS_DIR)
+    out_dir = harness.output_dir(args.out, args.quick, "gan-bench-")
     args.out_grids = out_dir / "grids" if args.quick else DOCS_DIR
     torch_ok, env_threads = harness.torch_peer("benchmarks.peers.gan_torch")
     env = harness.environment()
     env["torch_threads"] = env_threads
-    command = shlex.join(getattr(sys, "orig_argv", sys.argv))
+    command = harness.command_line()
     records = []
     if "step" in parts:
         records += bench_step(args)

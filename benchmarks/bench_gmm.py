@@ -30,9 +30,7 @@ import argparse
 import functools
 import os
 import pathlib
-import shlex
 import sys
-import tempfile
 import time
 import warnings
 
@@ -43,7 +41,7 @@ import numpy as np
 from benchmarks import harness
 from zoo.mixture import em
 
-RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+RESULTS_DIR = harness.RESULTS_DIR
 LL_ATOL = 1e-3  # nats per sample
 SKLEARN_DTYPES = ("float64", "float32")
 
@@ -195,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         args.n, args.k, args.d, args.repeats, args.warmup = 2000, 3, 4, 1, 1
     if not 1 <= args.k <= args.n:
         parser.error(f"--k must be in [1, --n]; got {args.k}")
-    out_dir = args.out or (pathlib.Path(tempfile.mkdtemp(prefix="gmm-bench-")) if args.quick else RESULTS_DIR)
+    out_dir = harness.output_dir(args.out, args.quick, "gmm-bench-")
     env = harness.environment()
     try:
         env["load_avg_start"] = [round(v, 2) for v in os.getloadavg()]
@@ -207,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         env["numpy_blas_threads"] = {i["internal_api"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
     except ImportError:
         pass
-    command = shlex.join(getattr(sys, "orig_argv", sys.argv))
+    command = harness.command_line()
     x = make_data(args.n, args.k, args.d, args.spread, args.seed)
     records = []
     for ct in args.covariance_types:

@@ -42,9 +42,7 @@ from __future__ import annotations
 import argparse
 import math
 import pathlib
-import shlex
 import sys
-import tempfile
 import time
 
 import jax
@@ -52,7 +50,7 @@ import numpy as np
 
 from benchmarks import harness
 
-RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+RESULTS_DIR = harness.RESULTS_DIR
 LOAD_WARNING = 2.5
 
 
@@ -189,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         args.batch, args.eval_batch = min(args.batch, 16), 25
         args.train_limit, args.test_limit = args.train_limit or 200, args.test_limit or 25
         args.torch_threads = args.torch_threads or 1  # no thread probe in a smoke run
-    out_dir = args.out or (pathlib.Path(tempfile.mkdtemp(prefix="vae-bench-")) if args.quick else RESULTS_DIR)
+    out_dir = harness.output_dir(args.out, args.quick, "vae-bench-")
     torch_ok, env_threads = harness.torch_peer("benchmarks.peers.vae_torch")
     if torch_ok:
         from benchmarks.peers import vae_torch
@@ -199,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     env = harness.environment()
     env["versions"]["pythae"] = harness._version("pythae")
     env["torch_threads"] = env_threads
-    command = shlex.join(getattr(sys, "orig_argv", sys.argv))
+    command = harness.command_line()
     print(f"load average at start: {env['load_avg_1m']}", flush=True)
 
     from zoo.vae import task as vae_task

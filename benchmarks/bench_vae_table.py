@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import shlex
 import shutil
 import sys
 import tempfile
@@ -42,7 +41,7 @@ import numpy as np
 
 from benchmarks import harness
 
-RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+RESULTS_DIR = harness.RESULTS_DIR
 DOCS_DIR = pathlib.Path(__file__).resolve().parent.parent / "docs" / "vae" / "table"
 MODELS = ("vae", "iwae5", "iwae50", "nvae")
 DATASETS = ("fashion_binary", "fashion", "mnist")
@@ -140,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     models = harness.parse_subset("--models", args.models, MODELS)
     datasets = harness.parse_subset("--datasets", args.datasets, DATASETS)
-    out_dir = args.out or (pathlib.Path(tempfile.mkdtemp(prefix="vae-table-")) if args.quick else RESULTS_DIR)
+    out_dir = harness.output_dir(args.out, args.quick, "vae-table-")
     args.out_grids = out_dir / "grids" if args.quick else DOCS_DIR
     env = harness.environment()
-    command = shlex.join(getattr(sys, "orig_argv", sys.argv))
+    command = harness.command_line()
     records = [run_row(m, d, args) for d in datasets for m in models]
     records = [{"record": "result", "suite": "vae_table", **r} for r in records]
     env["load_avg_1m_end"] = harness.load_average()

@@ -20,14 +20,20 @@ import json
 import os
 import pathlib
 import platform
+import shlex
 import subprocess
+import sys
+import tempfile
 import time
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 __all__ = ["summarize", "time_jax", "time_callable", "OtherCpuLoad", "environment", "write_jsonl", "markdown_table", "markdown_report",
-           "torch_peer", "timing_notes", "write_results"]
+           "torch_peer", "timing_notes", "write_results", "RESULTS_DIR", "output_dir", "command_line"]
+
+# Where the suites write their tracked results (``<suite>-<platform>.jsonl`` and ``.md``).
+RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
 
 # Distributions whose versions matter to a result; absent ones are reported as None.
 _VERSIONED = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "pytorch-crf", "torch-struct", "torchvision", "pytorch-fid")
@@ -265,6 +271,20 @@ def timing_notes(records: Sequence[dict]) -> list[str]:
     """A warning naming the rows timed while other processes kept > 0.2 cores busy."""
     busy = [f"{r['task']} {r['impl']}" for r in records if (r.get("other_cpu_cores") or 0) > 0.2]
     return ["WARNING: other processes kept > 0.2 cores busy while timing " + "; ".join(busy)] if busy else []
+
+
+def output_dir(out: pathlib.Path | None, quick: bool, prefix: str) -> pathlib.Path:
+    """Where a suite writes: ``out`` (``--out``) when given; else, for a ``--quick`` (CI) run, a
+    fresh temporary folder named ``prefix…``, so that smoke runs never overwrite the recorded
+    results; else :data:`RESULTS_DIR`."""
+    if out is not None:
+        return out
+    return pathlib.Path(tempfile.mkdtemp(prefix=prefix)) if quick else RESULTS_DIR
+
+
+def command_line() -> str:
+    """The command as it was typed (``sys.orig_argv``), for the results' header."""
+    return shlex.join(getattr(sys, "orig_argv", sys.argv))
 
 
 def write_results(stem: pathlib.Path, env: dict, command: str, records: list[dict], markdown: str) -> None:

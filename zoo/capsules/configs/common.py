@@ -28,11 +28,6 @@ def base_config() -> ml_collections.ConfigDict:
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Seconds on CPU: a slice of the data, a narrow model, a handful of steps."""
-    c.data.batch_size = 8
-    c.data.eval_batch_size = 50
-    c.data.train_limit = 200
-    c.data.test_limit = 50
-    c.train.num_steps = 4
-    c.train.log_every = 2
-    c.train.ckpt_every = 2
+    c.data.update(batch_size=8, eval_batch_size=50, train_limit=200, test_limit=50)
+    c.train.update(num_steps=4, log_every=2, ckpt_every=2)
     return c

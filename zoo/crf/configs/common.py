@@ -27,14 +27,8 @@ def base_config() -> ml_collections.ConfigDict:
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A few seconds on CPU: tiny model, a slice of the data, a handful of steps."""
-    c.data.batch_size = 8
-    c.data.eval_batch_size = 16
-    c.data.train_limit = 400
-    c.data.test_limit = 64
-    c.model.embed_dim = 16
-    c.model.features = 16
-    c.train.num_steps = 20
-    c.train.log_every = 5
-    c.train.ckpt_every = 10
+    c.data.update(batch_size=8, eval_batch_size=16, train_limit=400, test_limit=64)
+    c.model.update(embed_dim=16, features=16)
+    c.train.update(num_steps=20, log_every=5, ckpt_every=10)
     c.optim.warmup_steps = 2
     return c

@@ -28,15 +28,9 @@ def base_config() -> ml_collections.ConfigDict:
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Seconds on CPU: a slice of the data, a tiny model, a handful of steps."""
-    c.data.batch_size = 8
-    c.data.eval_batch_size = 50
-    c.data.train_limit = 200
-    c.data.test_limit = 50
-    c.data.init_batch_size = 32
+    c.data.update(batch_size=8, eval_batch_size=50, train_limit=200, test_limit=50, init_batch_size=32)
     c.model.update(levels=2, depth=2, width=16, hidden=32, num_hidden_layers=2)
     c.eval.update(temperatures=(0.7, 1.0), num_samples=8)
     c.optim.warmup_steps = 2
-    c.train.num_steps = 4
-    c.train.log_every = 2
-    c.train.ckpt_every = 2
+    c.train.update(num_steps=4, log_every=2, ckpt_every=2)
     return c

@@ -30,16 +30,8 @@ def base_config() -> ml_collections.ConfigDict:
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Seconds on CPU: a slice of the data, a narrow model, a handful of steps."""
-    c.data.batch_size = 8
-    c.data.eval_batch_size = 25
-    c.data.train_limit = 200
-    c.data.test_limit = 50
-    c.model.hidden = (32,)
-    c.model.conv_filters = 4
-    c.eval.iwae_k = (3,)
-    c.eval.num_samples = 20
-    c.eval.num_reconstructions = 16
-    c.train.num_steps = 4
-    c.train.log_every = 2
-    c.train.ckpt_every = 2
+    c.data.update(batch_size=8, eval_batch_size=25, train_limit=200, test_limit=50)
+    c.model.update(hidden=(32,), conv_filters=4)
+    c.eval.update(iwae_k=(3,), num_samples=20, num_reconstructions=16)
+    c.train.update(num_steps=4, log_every=2, ckpt_every=2)
     return c
