@@ -433,6 +433,7 @@ def write_markdown(path: pathlib.Path, env: dict, command: str, records: list[di
         f"- git revision: {env['git_rev']}; torch threads (torch.get_num_threads()): {env['torch_threads']}; "
         f"1-min load average: {env['load_avg_1m']} at start, {env['load_avg_1m_end']} at end "
         "('other cores' below: CPU used by other processes while a row was timed)",
+        f"- memory: {env['huge_pages']}",
         f"- protocol: median and p90 wall time of {args.routing_repeats} timed calls after {args.routing_warmup} "
         f"warm-up (routing comparisons) and {args.repeats} after {args.warmup} (train steps, and the kernels at "
         "the models' shapes; the train steps' first call, the loss check, counts as a warm-up); JAX calls end in "

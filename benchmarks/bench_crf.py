@@ -339,6 +339,7 @@ def write_markdown(path: pathlib.Path, env: dict, command: str, records: list[di
         f"- git revision: {env['git_rev']}; torch threads: {env['torch_threads']}; "
         f"1-min load average: {env['load_avg_1m']} at start, {env['load_avg_1m_end']} at end "
         "('other cores' below: CPU used by other processes while a shape was timed)",
+        f"- memory: {env['huge_pages']}",
         f"- protocol: {records[0]['repeats'] if records else '?'} timed calls after warm-up; median and p90 wall time; "
         "JAX calls end in block_until_ready; compile time measured separately. "
         "'time / zoo-scan' > 1 means the zoo's scan kernel is that many times faster.",

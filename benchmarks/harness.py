@@ -172,7 +172,17 @@ def environment() -> dict:
         "versions": {name: _version(name) for name in _VERSIONED},
         "git_rev": git_revision(),
         "load_avg_1m": load_average(),
+        "huge_pages": huge_pages(),
     }
+
+
+def huge_pages() -> str:
+    """How large buffers get their memory (zoo/hugepages.py): both sides of a comparison
+    run in one process, so they share it, but absolute times move with it."""
+    from zoo import hugepages
+
+    tunable = hugepages.TUNABLE in os.environ.get("GLIBC_TUNABLES", "")
+    return f"malloc {hugepages.TUNABLE if tunable else 'without glibc.malloc.hugetlb'}, THP mode {hugepages.thp_mode()}"
 
 
 def load_average() -> float | None:
@@ -233,6 +243,7 @@ def markdown_report(title: str, env: dict, command: str, protocol: str, sections
            "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
            f"- git revision: {env['git_rev']}; torch threads: {env.get('torch_threads')}; 1-min load average "
            f"{env['load_avg_1m']} at start, {env.get('load_avg_1m_end')} at end",
+           f"- memory: {env.get('huge_pages')}",
            f"- protocol: {protocol}", ""]  # fmt: skip
     for key, (heading, columns) in sections.items():
         rows = [r for r in records if r["section"] == key]

@@ -26,6 +26,10 @@ SUITES = {
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatches ``argv[0]`` to its suite with the remaining flags; returns an exit code."""
+    if argv is None:  # run as a program: the same malloc set-up as `zoo` (zoo/hugepages.py)
+        from zoo.hugepages import reexec_with_huge_pages
+
+        reexec_with_huge_pages()
     argv = list(sys.argv[1:] if argv is None else argv)
     valid = ", ".join(sorted(SUITES))
     if not argv or argv[0] in ("-h", "--help"):

@@ -135,6 +135,10 @@ def _cmd_bench(args, rest) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # run as a program (not from Python): huge pages for the step's buffers
+        from zoo.hugepages import reexec_with_huge_pages
+
+        reexec_with_huge_pages()
     parser = argparse.ArgumentParser(prog="zoo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="models, families, data sets")
