@@ -6,8 +6,8 @@ maps) is nearly all of the model's arithmetic: 191 M multiply-adds per image for
 times that with the gradients. As an im2col matmul (``zoo.core.layers.im2col_conv``) it
 also materialises 300 MB of patches at batch 100. In the Fourier domain a convolution is a
 pointwise product, and with channels it is a *channel matmul per frequency bin*, so the
-work falls with the kernel's area: 688 instead of 2,916 multiply-adds per (image, input
-channel, output channel) for that layer (172 real products of 4·256 channels).
+work falls with the kernel's area: 592 instead of 2,916 multiply-adds per (image, input
+channel, output channel) for that layer (148 real products of 4·256 channels).
 
 The algorithm, for ``x [B, H, W, C]``, ``kernel [kh, kw, C, F]``, stride ``s``:
 
@@ -16,7 +16,7 @@ The algorithm, for ``x [B, H, W, C]``, ``kernel [kh, kw, C, F]``, stride ``s``:
    (``th = ⌈kh/s⌉``, the kernel zero-padded to ``s·th``). ``n = ho + th − 1`` rows (and
    ``m`` columns) are exactly the ones the ``ho`` outputs read, so a circular correlation
    of size ``n × m`` equals the linear one on every output (no wrap-around).
-2. Real DFT of size ``n × m`` (the half spectrum, ``n·(m//2 + 1)`` bins) of ``x'`` and of
+2. Real DFT of size ``n × m`` (one bin of each conjugate pair: :func:`half_spectrum`) of ``x'`` and of
    ``k'``, each a matmul by a constant matrix over the spatial positions.
 3. Per bin, ``Z = X · conj(K)`` summed over the ``s²C`` channels: complex matrix products
    ``[B, s²C] × [s²C, F]``. Gauss's trick writes each as three real products
@@ -85,11 +85,24 @@ def phase_geometry(h: int, w: int, kh: int, kw: int, stride: int):
     return ho, wo, th, tw, ho + th - 1, wo + tw - 1
 
 
+def half_spectrum(n: int, m: int):
+    """The bins ``(u, v)`` of an ``n×m`` real DFT that determine all the others: one of each
+    conjugate pair (``X[−u, −v] = conj X[u, v]`` for real input) and every self-conjugate
+    bin. Columns ``0 < v < m/2`` are all kept (their conjugates have ``v > m/2``); in the
+    columns ``v = 0`` and ``v = m/2`` (m even), which are their own conjugate columns, only
+    ``u <= n/2``. Returns int arrays ``(u, v)``: ``n·(m//2 + 1)`` bins less the duplicates,
+    e.g. 52 instead of 60 for 10×10."""
+    u, v = np.meshgrid(np.arange(n), np.arange(m // 2 + 1), indexing="ij")
+    u, v = u.ravel(), v.ravel()
+    keep = ((0 < v) & (2 * v < m)) | (2 * u <= n)
+    return u[keep], v[keep]
+
+
 def num_products(n: int, m: int) -> int:
-    """``P``, the real products of an ``n×m`` DFT: three per bin of the half spectrum, one per
-    real bin (frequency 0 or n/2 on both axes)."""
+    """``P``, the real products of an ``n×m`` DFT: three per bin of :func:`half_spectrum`, one
+    per real bin (frequency 0 or n/2 on both axes)."""
     real_bins = (1 + (n % 2 == 0)) * (1 + (m % 2 == 0))
-    return 3 * n * (m // 2 + 1) - 2 * real_bins
+    return 3 * len(half_spectrum(n, m)[0]) - 2 * real_bins
 
 
 @functools.lru_cache(maxsize=64)
@@ -100,8 +113,7 @@ def fourier_matrices(n: int, m: int, th: int, tw: int, ho: int, wo: int):
     Returns float64 ``(fx [P, n·m], fk [P, th·tw], e [ho·wo, P])``; row/column ``p`` is one
     real product of step 3 in the module docstring.
     """
-    u, v = np.meshgrid(np.arange(n), np.arange(m // 2 + 1), indexing="ij")
-    u, v = u.ravel(), v.ravel()  # the half spectrum's bins
+    u, v = half_spectrum(n, m)
 
     def dft(hh, ww):  # [bins, hh·ww] real and imaginary parts of sum_p x[p] e^{-2πi(up/n + vq/m)}
         p, q = np.meshgrid(np.arange(hh), np.arange(ww), indexing="ij")
@@ -112,10 +124,12 @@ def fourier_matrices(n: int, m: int, th: int, tw: int, ho: int, wo: int):
     kr, ki = dft(th, tw)
     i, j = np.meshgrid(np.arange(ho), np.arange(wo), indexing="ij")
     angle = 2 * np.pi * (np.outer(i.ravel(), u) / n + np.outer(j.ravel(), v) / m)  # [ho·wo, bins]
-    # irfft: bins v and m − v are conjugates, so every v but 0 and m/2 counts twice
-    weight = np.where((v == 0) | (2 * v == m), 1.0, 2.0) / (n * m)
+    # the inverse DFT sums all n·m bins: each kept bin stands for itself and its conjugate
+    # (same real part of the sum), so it counts twice unless it is self-conjugate
+    self_conjugate = (2 * u % n == 0) & (2 * v % m == 0)
+    weight = np.where(self_conjugate, 1.0, 2.0) / (n * m)
     er, ei = np.cos(angle) * weight, -np.sin(angle) * weight  # y = Σ er·Re Z + ei·Im Z
-    real_bin = ((u == 0) | (2 * u == n)) & ((v == 0) | (2 * v == m))  # Im X = Im K = 0 there
+    real_bin = self_conjugate  # Im X = Im K = 0 there
 
     fx, fk, e = [], [], []
     for b in range(len(u)):

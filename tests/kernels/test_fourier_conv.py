@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels.fourier_conv import fourier_conv, fourier_conv_reference, fourier_matrices, num_products
+from kernels.fourier_conv import fourier_conv, fourier_conv_reference, fourier_matrices, half_spectrum, num_products
 from zoo.core.layers import cpu_conv, fourier_pays
 
 
@@ -79,9 +79,20 @@ def test_the_matrices_diagonalise_a_circular_correlation():
     want = [np.sum(x[i : i + th, j : j + tw] * k) for i in range(n - th + 1) for j in range(m - tw + 1)]
     np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
     # one product per real bin (u, v in {0, n/2} x {0, m/2}: here 2 x 1), three per other bin
-    assert fx.shape[0] == 3 * n * (m // 2 + 1) - 2 * 2 == num_products(n, m)
+    # of the half spectrum: one of each conjugate pair, (6·5 − 2) / 2 = 14 complex bins
+    assert fx.shape[0] == 3 * 14 + 2 == num_products(n, m)
     for n2, m2 in ((10, 10), (9, 10), (7, 5), (1, 1)):
         assert fourier_matrices(n2, m2, 1, 1, n2, m2)[0].shape[0] == num_products(n2, m2)
+    assert num_products(10, 10) == 3 * 48 + 4  # CapsNet's primary capsules: 148 products
+
+
+def test_the_half_spectrum_holds_one_bin_per_conjugate_pair():
+    for n, m in ((10, 10), (9, 10), (10, 9), (7, 5), (6, 1), (1, 1), (2, 2)):
+        u, v = half_spectrum(n, m)
+        kept = set(zip(u.tolist(), v.tolist()))
+        orbits = {frozenset({(a, b), ((-a) % n, (-b) % m)}) for a in range(n) for b in range(m)}
+        assert len(kept) == len(u) == len(orbits), (n, m)
+        assert all(len(kept & orbit) == 1 for orbit in orbits), (n, m)
 
 
 def test_jit_and_vmap_agree_with_eager():
