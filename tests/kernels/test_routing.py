@@ -219,6 +219,32 @@ def test_capsule_routing_gradients_equal_the_reference(rng, variant):
     assert_tree_close(g_fast, g_ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("variant", routing.VARIANTS)
+@pytest.mark.parametrize(("chunk_size", "num_iters"), [(1, 3), (2, 1), (2, 2), (3, 4), (4, 3)])
+def test_capsule_routing_in_chunks_equals_the_reference(rng, variant, chunk_size, num_iters):
+    # I = 7: chunks of 1 (seven scan steps), 2 and 4 (one and three zero capsules padded), 3.
+    u, weights = routing_problem(rng, 2, 7, 3, 4, 5)
+    probe = rng.normal(size=(2, 4, 5)).astype(np.float32)
+    fast = routing.capsule_routing(u, weights, variant=variant, num_iters=num_iters, chunk_size=chunk_size,
+                                   return_coupling=True)  # fmt: skip
+    ref = routing.dynamic_routing_reference(routing.capsule_votes_reference(u, weights), variant=variant,
+                                            num_iters=num_iters, return_coupling=True)  # fmt: skip
+    assert fast[1].shape == (2, 7, 4)
+    assert_tree_close(fast, ref)
+
+    def loss(fast, u, w):
+        if fast:
+            v = routing.capsule_routing(u, w, variant=variant, num_iters=num_iters, chunk_size=chunk_size)
+        else:
+            v = routing.dynamic_routing_reference(routing.capsule_votes_reference(u, w), variant=variant,
+                                                  num_iters=num_iters)  # fmt: skip
+        return jnp.sum(v * probe)
+
+    g_fast = jax.jit(jax.grad(functools.partial(loss, True), argnums=(0, 1)))(u, weights)
+    g_ref = jax.grad(functools.partial(loss, False), argnums=(0, 1))(u, weights)
+    assert_tree_close(g_fast, g_ref, rtol=1e-4, atol=1e-5)
+
+
 def test_capsule_routing_gradients_keep_the_inputs_dtypes(rng):
     u, weights = routing_problem(rng, 2, 4, 3, 3, 5)
     grads = jax.grad(lambda u, w: jnp.sum(routing.capsule_routing(u, w).astype(jnp.float32)), argnums=(0, 1))(
@@ -236,6 +262,10 @@ def test_capsule_routing_rejects_bad_input():
         routing.capsule_routing(u[0], np.zeros((5, 4, 3, 6), np.float32))
     with pytest.raises(ValueError, match=r"`variant` must be one of"):
         routing.capsule_routing(u, np.zeros((5, 4, 3, 6), np.float32), variant="x")
+    for bad in (0, 2.0, True):
+        message = f"capsule_routing: `chunk_size` must be an int >= 1; got {bad!r}"
+        with pytest.raises(ValueError, match=re.escape(message)):
+            routing.capsule_routing(u, np.zeros((5, 4, 3, 6), np.float32), chunk_size=bad)
 
 
 # --------------------------------------------------------------------------- #
