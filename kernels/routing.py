@@ -214,14 +214,16 @@ def capsule_routing(u, weights, *, num_iters=3, variant="sabour", squash_c=None,
     Why: the votes ``[B, I, J, Dout]`` are the layer's one big tensor (CapsNet: 74 MB at
     batch 100), yet they cost only ``Din`` multiply-adds per entry to compute. Routing
     reads them once per pass (the weighted sum, the agreement) and autodiff as many times
-    again, each pass at memory speed. Here every pass is a ``lax.scan`` over chunks of
-    input capsules whose body computes its chunk of votes (a small batched matmul) and
-    uses it while it is in cache, so the votes are never written out. The bodies are
-    ``jax.checkpoint``-ed, so the backward pass recomputes them too instead of storing
-    them. Per pass the scan carries the ``[B, J, Dout]`` sum; the logits ``[I, B, J]`` are
-    its only per-capsule output. Ad hoc on the 2-core CPU, CapsNet's votes and 3 routing
-    iterations, forward and gradients: 250–490 ms with the votes written out (input-major)
-    → 200–260 ms; the whole train step about 110 ms faster.
+    again, each pass at memory speed. Here every pass after the first is a ``lax.scan`` over
+    chunks of input capsules whose body computes its chunk of votes (a small batched matmul)
+    and uses it while it is in cache, so the votes are never written out. The bodies are
+    ``jax.checkpoint``-ed, so the backward pass recomputes them too instead of storing them.
+    Per pass the scan carries the ``[B, J, Dout]`` sum; the logits ``[I, B, J]`` are its only
+    per-capsule output. The first pass (uniform coupling) is a single matmul:
+    ``Σ_i u_hat_i = u[B, I·Din] · W[I·Din, J·Dout]``. Ad hoc on the 2-core CPU with
+    huge pages (``zoo/hugepages.py``), CapsNet's layer forward and gradients: 170–220 ms;
+    the whole train step 1,011 → 758 ms against the votes written out input-major
+    (medians of 10, interleaved in one process).
 
     Input capsules are padded with zeros to a multiple of the chunk: their votes are 0, so
     they add nothing to any sum (exact), and their couplings are dropped.
@@ -274,15 +276,13 @@ def _chunked_routing(u, weights, num_iters, variant, c_squash, chunk):
 
     def weighted_sum(prev, old_logits):
         """One pass: ``s = Σ_i c_i u_hat_i`` with ``c = softmax_J(logits)``, the logits
-        ``old_logits + ⟨u_hat, prev⟩`` (without ``old_logits`` when None; all 0, so c = 1/J,
-        when ``prev`` is None). Returns ``(s, logits)``."""
+        ``old_logits + ⟨u_hat, prev⟩`` (without ``old_logits`` when None). Returns
+        ``(s, logits)``."""
 
         @jax.checkpoint
         def body(s, xs):
             u_c, w_c, *old = xs
             u_hat = votes(u_c, w_c)
-            if prev is None:
-                return s + jnp.sum(u_hat, axis=0, dtype=acc_dtype) / n_out, None
             logits = jnp.sum(u_hat * prev, axis=-1)  # [chunk, B, J]
             if old:
                 logits = logits + old[0]
@@ -292,7 +292,10 @@ def _chunked_routing(u, weights, num_iters, variant, c_squash, chunk):
         xs = (u_chunks, w_chunks) + (() if old_logits is None else (old_logits,))
         return jax.lax.scan(body, jnp.zeros((b, n_out, dout), acc_dtype), xs)
 
-    s, carried = weighted_sum(None, None)  # carried: logits [chunks, chunk, B, J]
+    # First pass, c = 1/J: s = Σ_i u_hat_i / J is one matmul over (I, Din), no votes at all
+    flat_w = weights.reshape(n_in * din, n_out * dout)
+    s = jnp.dot(u.reshape(b, n_in * din), flat_w, preferred_element_type=acc_dtype).reshape(b, n_out, dout) / n_out
+    carried = None  # logits [chunks, chunk, B, J] of the last pass
     for _ in range(1, num_iters):
         if variant == "sabour":  # logits accumulate the agreement with squash(s)
             s, carried = weighted_sum(squash(s, c=c_squash).astype(dtype), carried)
