@@ -178,7 +178,7 @@ def test_dynamic_routing_rejects_bad_input():
 
 
 # --------------------------------------------------------------------------- #
-# capsule_routing: votes and routing, input-major
+# capsule_routing: votes and routing in chunks of input capsules
 # --------------------------------------------------------------------------- #
 
 

@@ -46,7 +46,7 @@ class CapsuleLayer(nn.Module):
             shape = (n_in, din, self.num_capsules, self.capsule_dim)
         weights = self.param("weights", init, shape)
         route = dict(num_iters=self.num_iters, variant=self.variant, return_coupling=return_coupling)
-        if not self.shared:  # votes input-major, no transposes of the big tensor
+        if not self.shared:  # votes recomputed per chunk of input capsules, never all held
             return routing.capsule_routing(u, weights, **route)
         return routing.dynamic_routing(routing.capsule_votes(u, weights), **route)  # u_hat [B, I, J, Dout]
 
