@@ -245,6 +245,16 @@ def test_capsule_routing_in_chunks_equals_the_reference(rng, variant, chunk_size
     assert_tree_close(g_fast, g_ref, rtol=1e-4, atol=1e-5)
 
 
+def test_capsule_routing_forward_mode_equals_the_reference(rng):
+    # plain autodiff through the scans: jax.jvp works too (no custom_vjp in the path)
+    u, weights = routing_problem(rng, 2, 5, 3, 3, 4)
+    du, dw = rng.normal(size=u.shape).astype(np.float32), rng.normal(size=weights.shape).astype(np.float32)
+    fast = jax.jvp(lambda u, w: routing.capsule_routing(u, w, chunk_size=2), (u, weights), (du, dw))
+    ref = jax.jvp(lambda u, w: routing.dynamic_routing_reference(routing.capsule_votes_reference(u, w)),
+                  (u, weights), (du, dw))  # fmt: skip
+    assert_tree_close(fast, ref, rtol=1e-4, atol=1e-5)
+
+
 def test_capsule_routing_gradients_keep_the_inputs_dtypes(rng):
     u, weights = routing_problem(rng, 2, 4, 3, 3, 5)
     grads = jax.grad(lambda u, w: jnp.sum(routing.capsule_routing(u, w).astype(jnp.float32)), argnums=(0, 1))(
