@@ -181,8 +181,9 @@ def huge_pages() -> str:
     run in one process, so they share it, but absolute times move with it."""
     from zoo import hugepages
 
-    tunable = hugepages.TUNABLE in os.environ.get("GLIBC_TUNABLES", "")
-    return f"malloc {hugepages.TUNABLE if tunable else 'without glibc.malloc.hugetlb'}, THP mode {hugepages.thp_mode()}"
+    setting = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t.startswith("glibc.malloc.hugetlb=")]
+    malloc = f"malloc {setting[-1]}" if setting else "malloc without glibc.malloc.hugetlb"
+    return f"{malloc}, THP mode {hugepages.thp_mode()}"
 
 
 def load_average() -> float | None:

@@ -129,11 +129,10 @@ def fourier_matrices(n: int, m: int, th: int, tw: int, ho: int, wo: int):
     self_conjugate = (2 * u % n == 0) & (2 * v % m == 0)
     weight = np.where(self_conjugate, 1.0, 2.0) / (n * m)
     er, ei = np.cos(angle) * weight, -np.sin(angle) * weight  # y = Σ er·Re Z + ei·Im Z
-    real_bin = self_conjugate  # Im X = Im K = 0 there
 
     fx, fk, e = [], [], []
     for b in range(len(u)):
-        if real_bin[b]:  # Re Z = Xr·Kr, Im Z = 0
+        if self_conjugate[b]:  # Im X = Im K = 0: Re Z = Xr·Kr, Im Z = 0
             fx.append(xr[b]), fk.append(kr[b]), e.append(er[:, b])
             continue
         # T0 = (Xr + Xi)·Kr,  T1 = Xr·(−Kr − Ki),  T2 = Xi·(Kr − Ki)

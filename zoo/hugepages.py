@@ -74,5 +74,6 @@ def reexec_with_huge_pages() -> None:
     argv = list(getattr(sys, "orig_argv", []))
     if not argv or not sys.executable:
         return
-    sys.stdout.flush(), sys.stderr.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *argv[1:]], with_tunable(env))
