@@ -23,11 +23,14 @@ Three sections, every input float32 from one numpy seed:
   the one ``zoo train`` runs (``zoo.core.train.make_train_step`` on the capsule task's loss
   and optimizer, one device, with the config's ``train.cpu_compiler_options``); the peer is
   ``benchmarks/peers/capsules_torch.py``, plain PyTorch eager, starting from the same
-  weights (the JAX init copied in). Check: both
-  steps' first loss (at those weights, same batch) agree.
+  weights (the JAX init copied in). The two steps are timed in blocks, in turn, over three
+  rounds (``harness.time_interleaved``), because this project's CPU drifts by ±20% over
+  minutes; each block starts with an untimed step, as a step right after the other
+  program's is off by up to 40%.
+  Check: both steps' first loss (at those weights, same batch) agree.
 
 Run: ``python -m benchmarks.run capsules [--capsnet-batch 100] [--em-batch 64] [--warmup 1]
-[--repeats 3] [--parts routing,layers,capsnet,em_capsnet] [--quick] [--out DIR]``.
+[--repeats 6] [--parts routing,layers,capsnet,em_capsnet] [--quick] [--out DIR]``.
 Writes ``benchmarks/results/capsules-<platform>.jsonl`` and ``.md`` (overwritten each run);
 ``--quick`` (tiny shapes, a smoke test) writes to a temporary folder unless ``--out`` is given.
 """
@@ -38,6 +41,7 @@ import argparse
 import pathlib
 import sys
 import time
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -281,8 +285,24 @@ def _config(model: str, quick: bool):
     return config
 
 
-def bench_zoo_step(model: str, batch: dict, args) -> tuple[dict, dict]:
-    """The zoo's jitted train step (as ``zoo train`` builds it). Returns (row, initial params)."""
+# Rounds of the interleaved train-step timing (fewer when --repeats is smaller).
+TRAIN_ROUNDS = 3
+
+
+def train_timing(args) -> tuple[int, int, int]:
+    """``(rounds, per_round, settle)`` of the train steps' :func:`harness.time_interleaved`:
+    ``--repeats`` timed steps (rounded up to whole rounds), ``--warmup`` (at least 1) untimed
+    steps at the start of every block."""
+    rounds = min(TRAIN_ROUNDS, args.repeats)
+    return rounds, -(-args.repeats // rounds), max(args.warmup, 1)
+
+
+def build_zoo_step(model: str, batch: dict, args) -> tuple[Callable[[], dict], dict, dict]:
+    """The zoo's jitted train step (as ``zoo train`` builds it), compiled and called once.
+
+    Returns ``(call, row, params0)``: ``call()`` runs one step and returns its metrics; ``row``
+    has the lower and compile times, the first step's loss (at the initial weights, compared
+    with torch's) and the parameter count; ``params0`` are the initial weights."""
     from zoo.capsules import task as capsule_task
     from zoo.core import parallel
     from zoo.core.train import Task, cpu_compiler_options, init_state, make_train_step
@@ -322,16 +342,16 @@ def bench_zoo_step(model: str, batch: dict, args) -> tuple[dict, dict]:
         return jax.block_until_ready(metrics)
 
     first_loss = float(call()["loss"])  # at the initial weights: compared with torch's
-    r = harness.time_callable(call, warmup=max(args.warmup - 1, 0), repeats=args.repeats)
-    last_loss = float(r.pop("output")["loss"])
     n_params = sum(int(np.size(x)) for x in jax.tree.leaves(params0))
-    row = {"lower_ms": (t1 - t0) * 1e3, "compile_ms": (t2 - t1) * 1e3, **r,
-           "first_loss": first_loss, "last_loss": last_loss, "num_params": n_params}  # fmt: skip
-    return row, params0
+    row = {"lower_ms": (t1 - t0) * 1e3, "compile_ms": (t2 - t1) * 1e3, "first_loss": first_loss,
+           "num_params": n_params}  # fmt: skip
+    return call, row, params0
 
 
-def bench_torch_step(model: str, batch: dict, params0, args) -> dict:
-    """The PyTorch peer's eager train step, from the same initial weights."""
+def build_torch_step(model: str, batch: dict, params0, args) -> tuple[Callable[[], Any], dict]:
+    """The PyTorch peer's eager train step, from the same initial weights, called once.
+    Returns ``(step, row)``: ``step()`` runs one step and returns its loss; ``row`` has the
+    first step's loss and the parameter count."""
     import torch
 
     from benchmarks.peers import capsules_torch as peer
@@ -346,22 +366,27 @@ def bench_torch_step(model: str, batch: dict, params0, args) -> dict:
     labels = torch.from_numpy(batch["labels"].astype(np.int64))
     step = peer.train_step_fn(net, optimizer, images, labels, grad_clip=config.optim.grad_clip)
     first_loss = float(step())
-    r = harness.time_callable(step, warmup=max(args.warmup - 1, 0), repeats=args.repeats)
-    last_loss = float(r.pop("output"))
     n_params = sum(p.numel() for p in net.parameters())
-    return {**r, "first_loss": first_loss, "last_loss": last_loss, "num_params": n_params}
+    return step, {"first_loss": first_loss, "num_params": n_params}
 
 
 def bench_train(model: str, batch_size: int, args, with_torch: bool) -> list[dict]:
+    """Both train steps, built and called once each, then timed in interleaved rounds
+    (:func:`train_timing`, :func:`benchmarks.harness.time_interleaved`), so the ratio does
+    not move with the machine's slow spells."""
     batch = make_batch(model, batch_size)
     tag = {"section": "train_step", "task": f"{model} train step", "shape": f"batch {batch_size}", "batch": batch_size}
-    with harness.OtherCpuLoad() as others:
-        zoo_row, params0 = bench_zoo_step(model, batch, args)
-    rows = [{**tag, "impl": "zoo-jax", **zoo_row, "other_cpu_cores": others.cores}]
+    zoo_call, zoo_row, params0 = build_zoo_step(model, batch, args)
+    calls, rows = {"zoo-jax": zoo_call}, {"zoo-jax": zoo_row}
     if with_torch:
-        with harness.OtherCpuLoad() as others:
-            torch_row = bench_torch_step(model, batch, params0, args)
-        rows.append({**tag, "impl": "torch-eager", **torch_row, "other_cpu_cores": others.cores})
+        calls["torch-eager"], rows["torch-eager"] = build_torch_step(model, batch, params0, args)
+    rounds, per_round, settle = train_timing(args)
+    with harness.OtherCpuLoad() as others:  # one figure for the whole interleaved run
+        timings = harness.time_interleaved(calls, rounds=rounds, per_round=per_round, settle=settle)
+    for name, row in rows.items():
+        out = timings[name].pop("output")  # zoo: the step's metrics; torch: its loss
+        row.update(timings[name], last_loss=float(out["loss"] if name == "zoo-jax" else out))
+    rows = [{**tag, "impl": name, **row, "other_cpu_cores": others.cores} for name, row in rows.items()]
     base = rows[0]
     for r in rows:
         r["images_per_s"] = batch_size / (r["median_ms"] / 1e3)
@@ -424,6 +449,7 @@ def write_markdown(path: pathlib.Path, env: dict, command: str, records: list[di
     routing_rows = [r for r in records if r["section"] == "routing"]
     layer_rows = [r for r in records if r["section"] == "layers"]
     train_rows = [r for r in records if r["section"] == "train_step"]
+    rounds, per_round, settle = train_timing(args)
     text = [
         "# Capsules benchmark",
         "",
@@ -435,8 +461,10 @@ def write_markdown(path: pathlib.Path, env: dict, command: str, records: list[di
         "('other cores' below: CPU used by other processes while a row was timed)",
         f"- memory: {env['huge_pages']}",
         f"- protocol: median and p90 wall time of {args.routing_repeats} timed calls after {args.routing_warmup} "
-        f"warm-up (routing comparisons) and {args.repeats} after {args.warmup} (train steps, and the kernels at "
-        "the models' shapes; the train steps' first call, the loss check, counts as a warm-up); JAX calls end in "
+        f"warm-up (routing comparisons) and {args.repeats} after {args.warmup} (the kernels at the models' shapes "
+        f"and the layers). Train steps: {rounds} interleaved rounds; in each, the zoo's step and then torch's run "
+        f"{settle} untimed and {per_round} timed steps, so a slow spell of this machine falls on both and no "
+        "timed step directly follows the other program's. JAX calls end in "
         "block_until_ready; compile time measured separately. 'time / zoo…' > 1 means the zoo is that many "
         "times faster.",
         f"- checks: routing kernel vs its jitted loop reference, outputs (max-abs rel err <= {VALUE_RTOL:g}) and "
@@ -499,7 +527,7 @@ def _non_negative(text: str) -> int:
     return value
 
 
-DEFAULTS = dict(capsnet_batch=100, em_batch=64, repeats=3, warmup=1, routing_repeats=20, routing_warmup=3,
+DEFAULTS = dict(capsnet_batch=100, em_batch=64, repeats=6, warmup=1, routing_repeats=20, routing_warmup=3,
                 routing_shape=DEFAULT_ROUTING_SHAPE, em_shape=DEFAULT_EM_SHAPE)  # fmt: skip
 QUICK_DEFAULTS = dict(capsnet_batch=4, em_batch=4, repeats=2, warmup=1, routing_repeats=3, routing_warmup=1,
                       routing_shape=QUICK_ROUTING_SHAPE, em_shape=QUICK_EM_SHAPE)  # fmt: skip
@@ -517,7 +545,7 @@ def _parser() -> argparse.ArgumentParser:
     # None = the default, or the --quick value: see _resolve_defaults.
     parser.add_argument("--capsnet-batch", type=_positive, default=None, help="CapsNet train-step batch (default 100)")
     parser.add_argument("--em-batch", type=_positive, default=None, help="EMCapsNet train-step batch (default 64)")
-    parser.add_argument("--repeats", type=_positive, default=None, help="timed train steps and model-shape routing calls (default 3)")
+    parser.add_argument("--repeats", type=_positive, default=None, help="timed train steps and model-shape routing calls (default 6)")
     parser.add_argument("--warmup", type=_non_negative, default=None, help="untimed train steps (and model-shape routing calls) before timing (default 1)")
     parser.add_argument("--routing-repeats", type=_positive, default=None, help="timed routing calls (default 20)")
     parser.add_argument("--routing-warmup", type=_non_negative, default=None, help="untimed routing calls (default 3)")

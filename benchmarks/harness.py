@@ -8,6 +8,9 @@ What is measured:
   :func:`jax.block_until_ready` so that asynchronous dispatch cannot hide work.
 * :func:`time_callable`: the same steady-state protocol for any Python callable
   (PyTorch peers on CPU run synchronously, so no barrier is needed).
+* :func:`time_interleaved`: the same for several callables whose times are compared (the
+  zoo's step and its peer's), timed in turn in blocks, round by round, so that a slow spell
+  of a shared machine falls on each of them alike.
 
 Both report the median (robust to the odd scheduler hiccup) and the 90th percentile
 (how bad the tail is) in milliseconds, plus the raw samples' count.
@@ -29,7 +32,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["summarize", "time_jax", "time_callable", "OtherCpuLoad", "environment", "write_jsonl", "markdown_table", "markdown_report",
+__all__ = ["summarize", "time_jax", "time_callable", "time_interleaved", "OtherCpuLoad", "environment", "write_jsonl", "markdown_table", "markdown_report",
            "torch_peer", "timing_notes", "write_results", "RESULTS_DIR", "output_dir", "command_line"]
 
 # Where the suites write their tracked results (``<suite>-<platform>.jsonl`` and ``.md``).
@@ -99,6 +102,43 @@ def time_callable(fn: Callable[[], Any], *, warmup: int = 5, repeats: int = 30) 
     """
     samples = _timed_calls(fn, warmup, repeats)
     return {**summarize(samples), "output": fn()}
+
+
+def time_interleaved(calls: dict[str, Callable[[], Any]], *, rounds: int = 3, per_round: int = 2,
+                     settle: int = 1) -> dict[str, dict]:
+    """:func:`time_callable` for several callables whose times are compared, in interleaved
+    blocks: ``rounds`` rounds, in each of which every callable (in ``calls``' order) runs
+    ``settle`` untimed calls and then ``per_round`` timed ones.
+
+    Why: this project's 2-core CPU runs 20% slower or faster for minutes at a time, so two
+    steps timed one after the other can fall in different spells. Alternating single calls
+    is no cure: a step that follows another program's step is itself off (CapsNet, ad hoc:
+    the zoo's first step after PyTorch's took ~780 ms against ~530, PyTorch's first after
+    the zoo's was faster than its own steady state), as caches and the allocator's free
+    lists hold the other program's buffers. The untimed ``settle`` calls absorb that.
+
+    Returns:
+      ``{name: dict}`` with :func:`time_callable`'s keys (``repeats`` = ``rounds ·
+      per_round``; ``output``: the result of the callable's last call).
+    """
+    if not calls:
+        raise ValueError("time_interleaved: `calls` must name at least one callable; got none")
+    for name, value in (("rounds", rounds), ("per_round", per_round)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"time_interleaved: `{name}` must be an int >= 1; got {value!r}")
+    if not isinstance(settle, int) or settle < 0:
+        raise ValueError(f"time_interleaved: `settle` must be an int >= 0; got {settle!r}")
+    samples = {name: [] for name in calls}
+    outputs = {}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            for _ in range(settle):
+                call()
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                outputs[name] = call()
+                samples[name].append(time.perf_counter() - t0)
+    return {name: {**summarize(samples[name]), "output": outputs[name]} for name in calls}
 
 
 class OtherCpuLoad:
