@@ -30,7 +30,6 @@ import tempfile
 import time
 
 import jax
-import numpy as np
 
 from benchmarks import harness
 from zoo.core.config import YNNPACK_DOTS_ONLY, YNNPACK_NO_REDUCE, apply_overrides
@@ -87,15 +86,9 @@ def interleaved_medians(calls: dict, rounds: int, block: int, budget_s: float) -
     calls["default"]()
     per_call = time.perf_counter() - t0
     block = max(3, min(block, int(budget_s / max(rounds * len(calls) * per_call, 1e-9))))
-    times = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, call in calls.items():
-            for i in range(block):
-                s = time.perf_counter()
-                call()
-                if i >= 2:
-                    times[name].append(time.perf_counter() - s)
-    return {name: float(np.median(t)) for name, t in times.items()}
+    # the first two calls of each block settle caches and the allocator after the other variants
+    timings = harness.time_interleaved(calls, rounds=rounds, per_round=block - 2, settle=2)
+    return {name: r["median_ms"] / 1e3 for name, r in timings.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
