@@ -26,7 +26,7 @@ Three sections, every input float32 from one numpy seed:
   weights (the JAX init copied in). The two steps are timed in blocks, in turn, over three
   rounds (``harness.time_interleaved``), because this project's CPU drifts by ±20% over
   minutes; each block starts with an untimed step, as a step right after the other
-  program's is off by up to 40%.
+  program's is far off (the zoo's CapsNet step by 30–50%, PyTorch's EM step about 2×).
   Check: both steps' first loss (at those weights, same batch) agree.
 
 Run: ``python -m benchmarks.run capsules [--capsnet-batch 100] [--em-batch 64] [--warmup 1]
