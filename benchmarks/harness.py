@@ -23,6 +23,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -207,6 +208,7 @@ def environment() -> dict:
         "device_kind": device.device_kind,
         "device_count": jax.device_count(),
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_description(),
         "machine": platform.machine(),
         "python": platform.python_version(),
         "versions": {name: _version(name) for name in _VERSIONED},
@@ -214,6 +216,45 @@ def environment() -> dict:
         "load_avg_1m": load_average(),
         "huge_pages": huge_pages(),
     }
+
+
+# Instruction-set features that decide which kernels a library runs (oneDNN, MKL, YNNPACK,
+# Eigen): the same CPU model name can come with different ones under a hypervisor.
+_CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+
+
+def cpu_description(cpuinfo: str | None = None) -> str:
+    """The CPU's model name, its features among ``_CPU_FEATURES`` and its L2/L3 sizes, from
+    ``/proc/cpuinfo`` and ``lscpu``-style sysfs (``"unknown"`` where neither is readable).
+
+    Why: a ratio against a PyTorch peer moves with the host. The torch CapsNet step took
+    1.54 s in the capsules run recorded at 341b7d1 and 0.93 s on the 2-core machine of
+    2026-12-06, the zoo's 0.53 and 0.47 s; the header did not say which CPU ran the first."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = pathlib.Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return "unknown"
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    family = re.search(r"^cpu family\s*:\s*(\d+)$", cpuinfo, re.MULTILINE)
+    number = re.search(r"^model\s*:\s*(\d+)$", cpuinfo, re.MULTILINE)
+    flags = re.search(r"^flags\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    present = set(flags.group(1).split()) if flags else set()
+    parts = [model.group(1).strip() if model else "unknown model"]
+    if family and number:
+        parts[0] += f" (family {family.group(1)}, model {number.group(1)})"
+    parts.append("features " + (" ".join(f for f in _CPU_FEATURES if f in present) or "none of " + "/".join(_CPU_FEATURES)))
+    caches = []
+    for index in sorted(pathlib.Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind = (index / "level").read_text().strip(), (index / "type").read_text().strip()
+            if kind != "Instruction" and level in ("2", "3"):
+                caches.append(f"L{level} {(index / 'size').read_text().strip()}")
+        except OSError:
+            continue
+    if caches:
+        parts.append(", ".join(caches))
+    return "; ".join(parts)
 
 
 def huge_pages() -> str:
@@ -281,6 +322,7 @@ def markdown_report(title: str, env: dict, command: str, protocol: str, sections
     ``"section"`` is ``key``; empty sections are left out), then the notes."""
     out = [f"# {title}", "", f"- command: `{command}`",
            f"- device: {env['device_kind']} ({env['platform']}), {env['cpu_count']} CPUs, {env['machine']}, Python {env['python']}",
+           f"- cpu: {env.get('cpu', 'not recorded')}",
            "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
            f"- git revision: {env['git_rev']}; torch threads: {env.get('torch_threads')}; 1-min load average "
            f"{env['load_avg_1m']} at start, {env.get('load_avg_1m_end')} at end",
