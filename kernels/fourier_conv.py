@@ -186,19 +186,14 @@ def fourier_conv(x, kernel, stride: int = 1):
     x = jnp.pad(x, ((0, 0), (0, n * s - x.shape[1]), (0, m * s - x.shape[2]), (0, 0)))
     kernel = jnp.pad(kernel, ((0, th * s - kh), (0, tw * s - kw), (0, 0), (0, 0)))
     cc = s * s * c  # channels of the phase images, ordered (row phase, column phase, C)
-    # [(n m), (s, s, C, B)]: spatial positions first, so the DFT is a plain matmul; the
-    # batch last, so the products below contract over the spectrum's non-minor axis
-    phases = x.reshape(b, n, s, m, s, c).transpose(1, 3, 2, 4, 5, 0).reshape(n * m, cc * b)
+    # [(n m), (B, s, s, C)]: spatial positions first, so the DFT is a plain matmul
+    phases = x.reshape(b, n, s, m, s, c).transpose(1, 3, 0, 2, 4, 5).reshape(n * m, b * cc)
     taps = kernel.reshape(th, s, tw, s, c, f).transpose(0, 2, 1, 3, 4, 5).reshape(th * tw, cc * f)
     fx, fk, e = fourier_matrices(n, m, th, tw, ho, wo)
     p = fx.shape[0]
-    x_hat = _constant_matmul(fx, x.dtype)(phases).reshape(p, cc, b)
+    x_hat = _constant_matmul(fx, x.dtype)(phases).reshape(p, b, cc)
     k_hat = _constant_matmul(fk, x.dtype)(taps).reshape(p, cc, f)
-    # Step 3, one batched matmul. The spectrum is [P, s²C, B], not [P, B, s²C]: with its
-    # contracted axis not the minor one, XLA:CPU runs this dot with its own (Eigen) kernel
-    # instead of YNNPACK's. CapsNet's layer at batch 100, forward and both gradients: 293 →
-    # 271 ms (medians of 10, interleaved, 2-core CPU with AMX, 2026-12-06).
-    products = jnp.einsum("pcb,pcf->pbf", x_hat, k_hat, precision=_HIGHEST)
+    products = jnp.einsum("pbc,pcf->pbf", x_hat, k_hat, precision=_HIGHEST)  # step 3: one batched matmul
     y = _constant_matmul(e, x.dtype)(products.reshape(p, b * f))  # [(ho wo), (B F)]
     return y.reshape(ho, wo, b, f).transpose(2, 0, 1, 3).astype(out_dtype)
 
