@@ -454,7 +454,7 @@ def write_markdown(path: pathlib.Path, env: dict, command: str, records: list[di
         "# Capsules benchmark",
         "",
         f"- command: `{command}`",
-        f"- device: {env['device_kind']} ({env['platform']}), {env['cpu_count']} CPUs, {env['machine']}, Python {env['python']}",
+        *harness.machine_lines(env),
         f"- versions: {versions}",
         f"- git revision: {env['git_rev']}; torch threads (torch.get_num_threads()): {env['torch_threads']}; "
         f"1-min load average: {env['load_avg_1m']} at start, {env['load_avg_1m_end']} at end "

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["summarize", "time_jax", "time_callable", "time_interleaved", "OtherCpuLoad", "environment", "write_jsonl", "markdown_table", "markdown_report",
+__all__ = ["summarize", "time_jax", "time_callable", "time_interleaved", "OtherCpuLoad", "environment", "machine_lines", "write_jsonl", "markdown_table", "markdown_report",
            "torch_peer", "timing_notes", "write_results", "RESULTS_DIR", "output_dir", "command_line"]
 
 # Where the suites write their tracked results (``<suite>-<platform>.jsonl`` and ``.md``).
@@ -315,14 +315,18 @@ def markdown_table(records: Sequence[dict], columns: Sequence[str | tuple[str, s
     return "\n".join(lines)
 
 
+def machine_lines(env: dict) -> list[str]:
+    """The results header's ``- device:`` and ``- cpu:`` lines, shared by every suite's page."""
+    return [f"- device: {env['device_kind']} ({env['platform']}), {env['cpu_count']} CPUs, {env['machine']}, "
+            f"Python {env['python']}", f"- cpu: {env.get('cpu', 'not recorded')}"]
+
+
 def markdown_report(title: str, env: dict, command: str, protocol: str, sections: dict, records: list[dict],
                     notes: Sequence[str] = ()) -> str:
     """A suite's Markdown page: the command, machine, versions, revision and load, then one
     table per section (``sections``: ``key -> (heading, columns)`` over the records whose
     ``"section"`` is ``key``; empty sections are left out), then the notes."""
-    out = [f"# {title}", "", f"- command: `{command}`",
-           f"- device: {env['device_kind']} ({env['platform']}), {env['cpu_count']} CPUs, {env['machine']}, Python {env['python']}",
-           f"- cpu: {env.get('cpu', 'not recorded')}",
+    out = [f"# {title}", "", f"- command: `{command}`", *machine_lines(env),
            "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
            f"- git revision: {env['git_rev']}; torch threads: {env.get('torch_threads')}; 1-min load average "
            f"{env['load_avg_1m']} at start, {env.get('load_avg_1m_end')} at end",
