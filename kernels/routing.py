@@ -420,6 +420,17 @@ def _em_iterations(votes, a_in, beta_u, beta_a, num_iters, lam, min_var, normali
     amount_scale = n_out / n_in if normalize_amount else 1.0
     resp = jnp.full(votes.shape[:3], 1.0 / n_out, votes.dtype)  # [B, I, J]
     saved = []
+    # After the first iteration, the M-step's two sums over children share one pass over the
+    # votes, taken about a shift K, the last iteration's means: with S1 = Σ c (V − K),
+    # S2 = Σ c (V − K)² and S0 = Σ c,  mu = K S0 + S1 and Σ c (V − mu)² = S2 − 2 (mu − K) S1
+    # + (mu − K)² S0. The first iteration computes mu in a pass of its own and then uses
+    # K = mu (the corrected two-pass formula). Why: 6 passes over the votes going forward
+    # instead of 8; EMCapsNet's CPU step 813-832 -> 709-717 ms (2-core CPU, 2026-12-06).
+    # The cost: float32 rounding of about eps·(δ/σ)² in σ², δ = mu − K, which matters only
+    # when a parent's mean moves by hundreds of σ between iterations (tests/kernels/
+    # test_routing.py::test_em_routing_float32_error_on_ill_conditioned_votes: 3.5e-5
+    # against 4e-6 for two passes on tight clusters far apart; no worse elsewhere).
+    shift = None
     for it in range(num_iters):
         # ---- M-step
         weight = resp * a_in[..., None]  # [B, I, J]
@@ -428,10 +439,17 @@ def _em_iterations(votes, a_in, beta_u, beta_a, num_iters, lam, min_var, normali
         coeff = weight / floored[:, None]  # [B, I, J], sums to 1 over I
         # Multiply-and-reduce rather than einsum: XLA fuses these into one pass over the
         # votes, where a dot_general would first transpose them to put J next to B.
-        (mean,) = blocked_sums([coeff[..., None] * votes], 1)  # [B, J, P]
+        if shift is None:
+            (shift,) = blocked_sums([coeff[..., None] * votes], 1)  # [B, J, P]
+            shift = jax.lax.stop_gradient(shift)
+        shifted = votes - shift[:, None]
+        s1, s2 = blocked_sums([coeff[..., None] * shifted, coeff[..., None] * jnp.square(shifted)], 1)  # [B, J, P]
+        s0 = (amount / floored)[..., None]
+        mean = shift * s0 + s1
+        offset = mean - shift
+        var = jnp.maximum(s2 - 2.0 * offset * s1 + jnp.square(offset) * s0, 0.0) + min_var
+        shift = jax.lax.stop_gradient(mean)
         centred = votes - mean[:, None]
-        (var,) = blocked_sums([coeff[..., None] * jnp.square(centred)], 1)
-        var = var + min_var
         log_var = jnp.log(var)
         cost = (p * beta_u + 0.5 * jnp.sum(log_var, axis=-1)) * (amount * amount_scale)  # [B, J]
         logit = lam * (beta_a - cost)  # [B, J]
