@@ -225,7 +225,8 @@ _CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_ti
 
 def cpu_description(cpuinfo: str | None = None) -> str:
     """The CPU's model name, its features among ``_CPU_FEATURES`` and its L2/L3 sizes, from
-    ``/proc/cpuinfo`` and ``lscpu``-style sysfs (``"unknown"`` where neither is readable).
+    ``cpuinfo`` (default: ``/proc/cpuinfo``; ``"unknown"`` where that cannot be read) and
+    ``/sys/devices/system/cpu/cpu0/cache`` (left out where absent).
 
     Why: a ratio against a PyTorch peer moves with the host. The torch CapsNet step took
     1.54 s in the capsules run recorded at 341b7d1 and 0.93 s on the 2-core machine of
