@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 "# XLA:CPU YNNPACK settings, train step A/B\n\n"
                 f"- command: `python -m benchmarks.run xla_options MODEL [...] --out {args.out}` "
                 "(the first column gives MODEL and the flags)\n"
-                + "\n".join(harness.machine_lines(env)) + f"; jax {env['versions'].get('jax')}\n"
+                + "\n".join(harness.machine_lines(env)) + f"\n- jax {env['versions'].get('jax')}\n"
                 "- protocol: see `benchmarks/bench_xla_options.py`; median ms per step, `default` / median in brackets\n\n"
                 + header
             )
