@@ -33,6 +33,26 @@ def sums(terms, axes):
     return jax.lax.reduce(terms, zeros, lambda xs, ys: tuple(x + y for x, y in zip(xs, ys)), tuple(axes))
 
 
+def materialize(x):
+    """``x`` unchanged, but computed once and written to memory before its consumers run.
+
+    Why: XLA fuses a chain of cheap elementwise ops into each consumer. Where a consumer
+    broadcasts ``x`` over a large axis (a routing pass reads a ``[B, J, P]`` factor for each
+    of the ``I`` children), the chain is recomputed for every element of the big tensor.
+    ``lax.optimization_barrier`` cannot stop that on XLA:CPU (see the module docstring), and
+    neither can a product with the identity (XLA:CPU fuses small dots into their consumer,
+    and under ``YNNPACK_DOTS_ONLY`` wrote the broadcast out in full). A reduction is not fused
+    into its consumers, so ``x`` is summed with zeros over a new axis of two: ``x + 0``,
+    equal to ``x`` in every entry (NaN and infinities included; ``-0.0`` becomes ``0.0``).
+
+    Args:
+      x: an array.
+    Returns:
+      ``x``, same shape and dtype.
+    """
+    return jnp.sum(jnp.stack([x, jnp.zeros_like(x)]), axis=0, dtype=x.dtype)
+
+
 # XLA:CPU rewrites a reduction over a dimension longer than this into a reduce-window of
 # this size followed by a reduce (pairwise-style accuracy), and the reduce-window does not
 # fuse its elementwise producer: the product being summed is written out in full first.

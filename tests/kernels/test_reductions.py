@@ -1,12 +1,14 @@
 """kernels/reductions.py: one variadic reduction equals the separate sums, values and gradients;
 the blocked form equals them too and keeps XLA:CPU from writing the summed product out."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels.reductions import blocked_sums, sums
+from kernels.reductions import blocked_sums, materialize, sums
 from zoo.core.config import YNNPACK_DOTS_ONLY
 
 
@@ -88,3 +90,43 @@ def test_blocked_sums_take_negative_axes_and_reject_bad_ones():
         blocked_sums([x], 3)
     with pytest.raises(ValueError, match=r"blocked_sums: `terms` must hold at least one array; got none"):
         blocked_sums([], 0)
+
+
+def test_materialize_is_exact_values_and_gradients():
+    rng = np.random.default_rng(2)
+    # magnitudes from 1e-30 to 1e30 and exact zeros: the identity product must not round
+    x = rng.normal(size=(3, 5, 16)) * 10.0 ** rng.integers(-30, 30, size=(3, 5, 16))
+    x[0, 0, :4] = 0.0
+    x = jnp.asarray(x, jnp.float32)
+    got = jax.jit(materialize)(x)
+    assert got.shape == x.shape and got.dtype == x.dtype
+    np.testing.assert_array_equal(got, x)
+    probe = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+    grad = jax.jit(jax.grad(lambda x: jnp.sum(materialize(x) * probe)))(x)
+    np.testing.assert_array_equal(grad, probe)
+
+
+def test_materialize_keeps_a_chain_out_of_a_broadcasting_consumer():
+    # The reason it exists: a pass over a big [64, 72, 16, 16] votes-like array reads a
+    # [64, 16, 16] factor per child. Without materialize, XLA:CPU fuses the factor's chain
+    # (a * b + c) into the pass and recomputes it for each of the 72 children; with it, the
+    # pass reads the written factor. Both option sets the capsule configs use; one consumer
+    # and two. (Compiled only, never run.)
+    big = jnp.ones((64, 72, 16, 16), jnp.float32)
+    a, b, c = (jnp.ones((64, 16, 16), jnp.float32) for _ in range(3))
+    chain_op = re.compile(r"f32\[64,16,16\]\{2,1,0\} (multiply|add)\(")
+
+    def passes_with_chain(wrap, two_consumers, options):
+        def fn(big, a, b, c):
+            factor = wrap(a * b + c)[:, None]
+            out = jnp.sum(big * factor, axis=-1)
+            return (out, jnp.sum(jnp.square(big) * factor, axis=-2)) if two_consumers else out
+
+        hlo = jax.jit(fn).lower(big, a, b, c).compile(compiler_options=options).as_text()
+        fused = re.findall(r"^%fused\S* \(.*?\n}", hlo, re.M | re.S)
+        return [f for f in fused if "f32[64,72,16,16]" in f and chain_op.search(f)]
+
+    for two_consumers in (False, True):
+        for options in ({}, YNNPACK_DOTS_ONLY):
+            assert passes_with_chain(lambda f: f, two_consumers, options)
+            assert not passes_with_chain(materialize, two_consumers, options)
