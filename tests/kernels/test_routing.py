@@ -347,7 +347,7 @@ def test_em_routing_hand_vjp_equals_autodiff_of_its_forward_pass(rng, num_iters)
 
             hand = functools.partial(loss, lambda *args: routing._em_routing_vjp(*args, *static))
             auto = functools.partial(loss, lambda *args: routing._em_iterations(*args, *static)[0])
-            args = (votes, a_in, beta_u, beta_a)
+            args = (votes, a_in, beta_u, beta_a, None)
             g_hand = jax.jit(jax.grad(hand, argnums=(0, 1, 2, 3)))(*args)  # jitted: eager dispatch took 30 s
             g_auto = jax.jit(jax.grad(auto, argnums=(0, 1, 2, 3)))(*args)
             for got, want in zip(g_hand, g_auto, strict=True):
@@ -421,6 +421,34 @@ def test_em_routing_degenerate_inputs_stay_finite(rng, case):
     assert_close(np.sum(resp, axis=-1), np.ones(resp.shape[:2]))
 
 
+@pytest.mark.parametrize("estimate", ["exact", "zeros", "off_by_noise"])
+def test_em_routing_initial_mean_changes_only_rounding(rng, estimate):
+    # initial_mean is only the shift of the first M-step's sums: the exact first means, a
+    # crude one (zeros) or a perturbed one give the same outputs and gradients up to float32
+    # rounding; no gradient flows into it.
+    votes, a_in, beta_u, beta_a = em_problem(rng, b=3, i=9, j=4, p=16)
+    votes = votes + 2.0  # means away from 0, so a zero shift is a real change
+    weight = a_in / 4.0
+    exact = np.einsum("bi,bijp->bjp", weight / weight.sum(1, keepdims=True), votes)
+    shift = {"exact": exact, "zeros": np.zeros_like(exact),
+             "off_by_noise": exact + rng.normal(size=exact.shape).astype(np.float32)}[estimate]  # fmt: skip
+    probes = rng.normal(size=(3, 4, 16)), rng.normal(size=(3, 4)), rng.normal(size=(3, 9, 4))
+    kw = dict(num_iters=3, inverse_temperature=0.1, return_responsibilities=True)
+
+    def loss(v, a, bu, ba, shift):
+        out = routing.em_routing(v, a, bu, ba, initial_mean=shift, **kw)
+        return sum(jnp.sum(o * pr) for o, pr in zip(out, probes, strict=True)), out
+
+    (_, got), g_got = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))(
+        votes, a_in, beta_u, beta_a, shift)  # fmt: skip
+    (_, want), g_want = jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True)(votes, a_in, beta_u, beta_a, None)
+    assert_tree_close(got, want, rtol=1e-4, atol=1e-5)
+    assert_tree_close(g_got[:4], g_want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(g_got[4], np.zeros_like(shift))
+    with pytest.raises(ValueError, match=r"em_routing: `initial_mean` must have shape \[B, J, P\] = \(3, 4, 16\); got shape \(3, 4\)"):
+        routing.em_routing(votes, a_in, beta_u, beta_a, initial_mean=shift[..., 0])
+
+
 def test_em_routing_jit_vmap_invariance(rng):
     votes, a_in, beta_u, beta_a = em_problem(rng, b=3)
     eager = routing.em_routing(votes, a_in, beta_u, beta_a)
@@ -460,6 +488,33 @@ def test_conv_capsule_votes_matches_reference(rng, stride):
     ref = routing.conv_capsule_votes_reference(poses, weights, stride=stride)
     assert fast.shape == ref.shape == (2, (5 - 3) // stride + 1, (6 - 3) // stride + 1, 27, 2, 16)
     assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_capsule_initial_mean_is_the_weighted_mean_of_the_votes(rng, stride):
+    # The first M-step's means by one matmul against the votes of the loop reference,
+    # weighted by the patch's activations; a patch with zero activations gets 0 (floored
+    # amount), as em_routing's first M-step gives it.
+    poses = rng.normal(size=(2, 5, 6, 3, 4, 4)).astype(np.float32)
+    activations = rng.uniform(0.05, 1.0, size=(2, 5, 6, 3)).astype(np.float32)
+    activations[1] = 0.0
+    weights = rng.normal(size=(3, 3, 3, 2, 4, 4)).astype(np.float32)
+    got = jax.jit(functools.partial(routing.conv_capsule_initial_mean, stride=stride))(poses, activations, weights)
+    votes = np.asarray(routing.conv_capsule_votes_reference(poses, weights, stride=stride))  # [B, H', W', I, D, 16]
+    a = np.asarray(routing.extract_patches(activations, 3, stride)).reshape(votes.shape[:4])
+    total = a.sum(-1, keepdims=True)
+    want = np.einsum("bhwi,bhwidp->bhwdp", np.where(total > 0, a / np.maximum(total, 1e-30), 0.0), votes)
+    assert got.shape == want.shape == (2, (5 - 3) // stride + 1, (6 - 3) // stride + 1, 2, 16)
+    assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert np.all(np.asarray(got[1]) == 0.0)
+    # the same as em_routing's own first pass: one iteration's means agree with and without it
+    b, ho, wo = votes.shape[:3]
+    flat = dict(votes=votes.reshape(b * ho * wo, 27, 2, 16), activations_in=a.reshape(b * ho * wo, 27),
+                beta_u=0.0, beta_a=0.0, num_iters=1)  # fmt: skip
+    assert_tree_close(routing.em_routing(**flat, initial_mean=np.asarray(got).reshape(b * ho * wo, 2, 16)),
+                      routing.em_routing(**flat), rtol=1e-5, atol=1e-5)  # fmt: skip
+    with pytest.raises(ValueError, match=r"conv_capsule_initial_mean: `activations` must have shape \[B, H, W, C\] = \(2, 5, 6, 3\); got shape \(2, 5, 6\)"):
+        routing.conv_capsule_initial_mean(poses, activations[..., 0], weights)
 
 
 @pytest.mark.parametrize("batch_shape", [(2, 3), ()])

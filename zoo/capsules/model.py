@@ -188,6 +188,7 @@ class ConvCapsules(nn.Module):
         votes = routing.conv_capsule_votes(poses, weights, stride=self.stride)  # [B, H', W', K*K*C, D, 16]
         b, ho, wo, n_in = votes.shape[:4]
         a_in = routing.extract_patches(activations, k, self.stride).reshape(b, ho, wo, n_in)
+        first_mean = routing.conv_capsule_initial_mean(poses, activations, weights, stride=self.stride)
         mean, a_out = routing.em_routing(
             votes.reshape(b * ho * wo, n_in, self.num_types, 16),
             a_in.reshape(b * ho * wo, n_in),
@@ -195,6 +196,7 @@ class ConvCapsules(nn.Module):
             beta_a,
             num_iters=self.num_iters,
             inverse_temperature=self.inverse_temperature,
+            initial_mean=first_mean.reshape(b * ho * wo, self.num_types, 16),
         )
         return mean.reshape(b, ho, wo, self.num_types, 4, 4), a_out.reshape(b, ho, wo, self.num_types)
 
