@@ -543,12 +543,16 @@ def _em_routing_bwd(num_iters, lam, min_var, normalize_amount, residuals, cotang
         coeff, floored = s["coeff"], s["floored"]
         coeff_sum = s["amount"] / floored  # Σ_i c: 1 unless the amount is below the floor
         g_mu_total = g_mu - 2.0 * g_var_total * mean * (1.0 - coeff_sum)[..., None]
-        # One fused pass: a reduction over pose entries. Its two [B, J, P] factors are written
-        # out first: otherwise XLA fuses their chains of small ops into the pass and recomputes
-        # them for every child (for the last iteration, the sum of the incoming cotangent's
-        # nine patch pieces). EMCapsNet's step, 2-core CPU: 717 -> 668 ms; its first
-        # ConvCaps' three passes 61 + 33 + 33 -> 27 + 29 + 27 ms.
-        g_var_total, g_mu_total = materialize(g_var_total), materialize(g_mu_total)
+        # One fused pass: a reduction over pose entries. In the last iteration its two [B, J, P]
+        # factors are written out first: they are chains of small ops on the incoming
+        # cotangents (in EMCapsNet, each a sum of nine patch pieces), which XLA otherwise fuses
+        # into the pass and recomputes for every child (the first ConvCaps: 61 -> 27 ms; step
+        # 677-707 -> 648-651 ms, 2-core CPU). Not in the other iterations: their chains are short,
+        # and where the votes come from memory (em_routing alone) a pass that reads written
+        # factors compiled to scalar code, 40 ms against 10 for the fused form (LLVM vectorized
+        # the latter's loop only), while in EMCapsNet's step the difference was within noise.
+        if t == num_iters - 1:
+            g_var_total, g_mu_total = materialize(g_var_total), materialize(g_mu_total)
         centred = votes - mean[:, None]
         g_coeff = jnp.sum(g_var_total[:, None] * jnp.square(centred) + g_mu_total[:, None] * votes, axis=-1)
         terms.append((coeff, mean, inv_var, g_mu_total, g_var_total, g_m))
