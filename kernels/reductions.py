@@ -5,7 +5,8 @@ into every reduction that reads it. When several reductions read the same big ar
 one reduction reads each element several times, the producer is recomputed each time.
 XLA:CPU drops ``lax.optimization_barrier`` before fusion, so the barrier cannot force the
 array into memory. One variadic ``lax.reduce`` over all the terms computes each element
-of the shared producer once for all its outputs.
+of the shared producer once for all its outputs. The converse case, a small producer that
+a big consumer would recompute per element, is :func:`materialize`'s.
 """
 
 from __future__ import annotations
