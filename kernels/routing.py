@@ -661,6 +661,17 @@ def extract_patches(x, kernel_size, stride):
     return jnp.stack(slices, axis=3)
 
 
+def _check_conv_capsules(fn, poses, weights):
+    """Checks ``poses[B, H, W, C, 4, 4]`` and ``weights[K, K, C, D, 4, 4]``; returns ``(C, K, D)``."""
+    p_shape, w_shape = jnp.shape(poses), jnp.shape(weights)
+    if len(p_shape) != 6 or p_shape[-2:] != (4, 4):
+        raise _shape_error(fn, "poses", "[B, H, W, C, 4, 4]", p_shape)
+    c = p_shape[3]
+    if len(w_shape) != 6 or w_shape[0] != w_shape[1] or w_shape[2] != c or w_shape[-2:] != (4, 4):
+        raise _shape_error(fn, "weights", f"[K, K, C, D, 4, 4] with C = {c}", w_shape)
+    return c, w_shape[0], w_shape[3]
+
+
 def conv_capsule_votes(poses, weights, *, stride=1):
     """Votes of a convolutional capsule layer: each child pose matrix times a learned
     4×4 transform per (kernel offset, child type, parent type).
@@ -672,14 +683,7 @@ def conv_capsule_votes(poses, weights, *, stride=1):
     Returns:
       votes ``[B, H', W', K*K*C, D, 16]`` (children of a patch flattened as (offset, type)).
     """
-    fn = "conv_capsule_votes"
-    p_shape, w_shape = jnp.shape(poses), jnp.shape(weights)
-    if len(p_shape) != 6 or p_shape[-2:] != (4, 4):
-        raise _shape_error(fn, "poses", "[B, H, W, C, 4, 4]", p_shape)
-    c = p_shape[3]
-    if len(w_shape) != 6 or w_shape[0] != w_shape[1] or w_shape[2] != c or w_shape[-2:] != (4, 4):
-        raise _shape_error(fn, "weights", f"[K, K, C, D, 4, 4] with C = {c}", w_shape)
-    k, d = w_shape[0], w_shape[3]
+    c, k, d = _check_conv_capsules("conv_capsule_votes", poses, weights)
     patches = extract_patches(poses, k, stride)  # [B, H', W', K*K, C, 4, 4]
     votes = pose_products(patches, weights.reshape(k * k, c, d, 4, 4))
     b, ho, wo = votes.shape[:3]
@@ -703,15 +707,9 @@ def conv_capsule_initial_mean(poses, activations, weights, *, stride=1):
       children's votes (the coefficients' sum floored as in :func:`em_routing`).
     """
     fn = "conv_capsule_initial_mean"
-    p_shape, w_shape = jnp.shape(poses), jnp.shape(weights)
-    if len(p_shape) != 6 or p_shape[-2:] != (4, 4):
-        raise _shape_error(fn, "poses", "[B, H, W, C, 4, 4]", p_shape)
-    if jnp.shape(activations) != p_shape[:4]:
-        raise _shape_error(fn, "activations", f"[B, H, W, C] = {p_shape[:4]}", jnp.shape(activations))
-    c = p_shape[3]
-    if len(w_shape) != 6 or w_shape[0] != w_shape[1] or w_shape[2] != c or w_shape[-2:] != (4, 4):
-        raise _shape_error(fn, "weights", f"[K, K, C, D, 4, 4] with C = {c}", w_shape)
-    k, d = w_shape[0], w_shape[3]
+    c, k, d = _check_conv_capsules(fn, poses, weights)
+    if jnp.shape(activations) != jnp.shape(poses)[:4]:
+        raise _shape_error(fn, "activations", f"[B, H, W, C] = {jnp.shape(poses)[:4]}", jnp.shape(activations))
     patches = extract_patches(poses, k, stride)  # [B, H', W', K*K, C, 4, 4]
     weight = extract_patches(activations, k, stride) / d  # [B, H', W', K*K, C]: R a with R = 1/D
     total = jnp.sum(weight, axis=(3, 4), keepdims=True)
@@ -756,12 +754,18 @@ def pose_products(patches, weights):
     return _pose_products_vjp(patches, weights)
 
 
+def _weight_rows(weights):
+    """``weights[K, C, D, y, z]`` -> ``[K, C, D, y, 16]`` with entry ``p = 4x + z`` equal to
+    ``weights[..., y, z]``, written out (:func:`pose_products` explains why)."""
+    return materialize(jnp.tile(weights, (1, 1, 1, 1, 4)))
+
+
 def _pose_products(patches, weights):
     # Each vote's 16 entries p = (x, z) as one contiguous row: the factors are first spread
     # to rows indexed by p, patches[x(p), y] and weights[y, z(p)], and written out, so the
     # routing passes that recompute the votes read both with unit stride.
     rows_p = materialize(jnp.repeat(jnp.swapaxes(patches, -1, -2), 4, axis=-1))  # [..., K, C, y, 16]
-    rows_w = materialize(jnp.tile(weights, (1, 1, 1, 1, 4)))  # [K, C, D, y, 16]
+    rows_w = _weight_rows(weights)  # [K, C, D, y, 16]
     votes = sum(rows_p[..., None, y, :] * rows_w[..., y, :] for y in range(4))  # [..., K, C, D, 16]
     return votes.reshape(*votes.shape[:-1], 4, 4)
 
@@ -795,7 +799,7 @@ def _pose_products_bwd(residuals, g):  # g: [..., K, C, D, 4(x), 4(z)]
     patches, weights = residuals
     last = g.ndim - 1  # axes of g: [..., K, C, D(last-2), x(last-1), z(last)]
     g16 = g.reshape(*g.shape[:-2], 16)  # [..., K, C, D, p]
-    rows_w = materialize(jnp.tile(weights, (1, 1, 1, 1, 4)))  # [K, C, D, y, p]: weights[y, z(p)]
+    rows_w = _weight_rows(weights)  # [K, C, D, y, p]: weights[y, z(p)], as in the forward
     n_out = weights.shape[2]
     per_y = [sum(g16[..., d, :] * rows_w[:, :, d, y, :] for d in range(n_out)) for y in range(4)]  # [..., K, C, p]
     d_patches = jnp.stack([jnp.sum(t.reshape(*t.shape[:-1], 4, 4), axis=-1) for t in per_y], axis=-1)  # [..., K, C, x, y]
