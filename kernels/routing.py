@@ -233,7 +233,13 @@ def capsule_routing(u, weights, *, num_iters=3, variant="sabour", squash_c=None,
       weights: ``[I, Din, J, Dout]`` (Sabour et al.'s matrix per (input, output) pair; the
         shared form's votes are one plain matmul and need no special layout).
       num_iters, variant, squash_c, return_coupling: as :func:`dynamic_routing`.
-      chunk_size: input capsules per scan step (static, >= 1; capped at I).
+      chunk_size: input capsules per scan step (static, >= 1; capped at I). 32 suits jaxlib's
+        default XLA:CPU options, which hand the bodies' reductions to YNNPACK. With reductions
+        kept out of YNNPACK (``zoo.core.config.YNNPACK_NO_REDUCE``, CapsNet's config) 128 is
+        faster: XLA:CPU then writes each chunk's weighted votes once and sums them in windows
+        of 32. CapsNet's layer, forward and backward at batch 100 (ad hoc, medians of 10):
+        143 ms with chunks of 32, 113-116 with 16, 64 or 128, against 178-189 ms with 32
+        under the default options.
     Returns:
       ``v[B, J, Dout]``, or ``(v, c[B, I, J])`` with ``return_coupling``.
     """

@@ -12,7 +12,7 @@ from jax import lax
 
 from zoo import cli
 from zoo.capsules import losses, task
-from zoo.capsules.model import CNNBaseline, SuCapsNet
+from zoo.capsules.model import CapsNet, CNNBaseline, SuCapsNet
 from zoo.core.layers import ValidConv, im2col_conv
 from zoo.data.images import ZooFashionMnist, load_images, read_idx
 
@@ -50,6 +50,31 @@ def test_valid_conv_has_nn_conv_parameters(rng):
 
     want = nn.Conv(4, (5, 5), (2, 2), padding="VALID").apply({"params": params}, x)
     np.testing.assert_allclose(ValidConv(4, 5, 2).apply({"params": params}, x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_capsnet_cpu_settings_change_no_loss_or_gradient(rng):
+    """``routing_chunk`` and ``bias_grad_as_matmul`` (set by configs/capsnet.py) only change how
+    the step is computed: same parameters, outputs and gradients as the defaults."""
+    sizes = dict(conv_features=8, primary_types=4, primary_dim=4, class_dim=6, decoder_features=(16,))
+    images = jnp.asarray(rng.uniform(size=(3, 28, 28, 1)), jnp.float32)
+    labels = jnp.asarray([1, 7, 3])
+    plain, tuned = CapsNet(**sizes), CapsNet(**sizes, routing_chunk=48, bias_grad_as_matmul=True)
+    params = plain.init(jax.random.key(0), images, labels)["params"]
+    assert jax.tree.map(jnp.shape, tuned.init(jax.random.key(0), images, labels)["params"]) == jax.tree.map(
+        jnp.shape, params
+    )
+
+    def loss(model):
+        def fn(p):
+            lengths, pixels = model.apply({"params": p}, images, labels)
+            return losses.margin_loss(lengths, labels) + 0.0005 * jnp.sum(jnp.square(pixels - images))
+
+        return jax.jit(jax.value_and_grad(fn))(params)
+
+    (got, g_got), (want, g_want) = loss(tuned), loss(plain)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_want)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_su_capsule_takes_any_image_size_and_couplings_sum_to_one():

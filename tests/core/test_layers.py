@@ -174,3 +174,43 @@ def test_torch_default_init_draws_kernel_and_bias_like_pytorch_conv2d():
     kernel = np.asarray(p["kernel"])
     np.testing.assert_allclose(kernel.var(), bound**2 / 3, rtol=0.05)  # the variance of U(−b, b)
     np.testing.assert_allclose(kernel.mean(), 0.0, atol=0.01 * bound)
+
+
+def test_add_bias_equals_plain_add_in_value_gradients_and_dtypes(rng):
+    y = jnp.asarray(rng.normal(size=(3, 5, 4, 6)), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=(6,)), jnp.float32)
+    probe = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+
+    def loss(add):
+        return lambda y, b: jnp.sum(jnp.sin(add(y, b)) * probe)
+
+    np.testing.assert_array_equal(layers.add_bias(y, bias), y + bias)
+    got = jax.jit(jax.grad(loss(layers.add_bias), argnums=(0, 1)))(y, bias)
+    want = jax.grad(loss(jnp.add), argnums=(0, 1))(y, bias)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-5)  # sum order differs
+    # mixed dtypes: each cotangent takes its primal's dtype
+    g_y, g_b = jax.grad(lambda y, b: jnp.sum(layers.add_bias(y, b).astype(jnp.float32)), argnums=(0, 1))(
+        y.astype(jnp.bfloat16), bias
+    )
+    assert (g_y.dtype, g_b.dtype) == (jnp.bfloat16, jnp.float32)
+    np.testing.assert_array_equal(g_b, np.full(6, 3 * 5 * 4, np.float32))
+    message = r"add_bias: `bias` must be \[F\] with F = y's last axis \(\(6,\)\); got bias shape \(4,\)"
+    for call in (lambda: layers.add_bias(y, bias[:4]), lambda: jax.grad(lambda b: layers.add_bias(y, b).sum())(bias[:4])):
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def test_conv_bias_grad_as_matmul_changes_no_value_or_gradient(rng):
+    x = jnp.asarray(rng.normal(size=(2, 9, 8, 3)), jnp.float32)
+    plain, matmul = Conv(5, 3, stride=2), Conv(5, 3, stride=2, bias_grad_as_matmul=True)
+    params = plain.init(jax.random.key(0), x)["params"]
+    params["bias"] = jnp.asarray(rng.normal(size=(5,)), jnp.float32)
+
+    def grads(module):
+        return jax.grad(lambda p: jnp.sum(jnp.tanh(module.apply({"params": p}, x))))(params)
+
+    np.testing.assert_array_equal(matmul.apply({"params": params}, x), plain.apply({"params": params}, x))
+    got, want = grads(matmul), grads(plain)
+    np.testing.assert_array_equal(got["kernel"], want["kernel"])
+    np.testing.assert_allclose(got["bias"], want["bias"], rtol=1e-5, atol=1e-5)

@@ -34,6 +34,7 @@ class CapsuleLayer(nn.Module):
     num_iters: int = 3
     variant: str = "sabour"
     shared: bool = False
+    chunk_size: int = 32  # full weights only: input capsules per routing-scan step (capsule_routing)
 
     @nn.compact
     def __call__(self, u, return_coupling=False):  # u: [B, I, Din]
@@ -47,7 +48,7 @@ class CapsuleLayer(nn.Module):
         weights = self.param("weights", init, shape)
         route = dict(num_iters=self.num_iters, variant=self.variant, return_coupling=return_coupling)
         if not self.shared:  # votes recomputed per chunk of input capsules, never all held
-            return routing.capsule_routing(u, weights, **route)
+            return routing.capsule_routing(u, weights, chunk_size=self.chunk_size, **route)
         return routing.dynamic_routing(routing.capsule_votes(u, weights), **route)  # u_hat [B, I, J, Dout]
 
 
@@ -63,10 +64,13 @@ class PrimaryCapsules(nn.Module):
     capsule_dim: int = 8
     kernel_size: int = 9
     stride: int = 2
+    bias_grad_as_matmul: bool = False  # zoo.core.layers.add_bias
 
     @nn.compact
     def __call__(self, x):  # [B, H, W, C] -> [B, H'*W'*num_types, capsule_dim]
-        x = ValidConv(self.num_types * self.capsule_dim, self.kernel_size, self.stride, name="Conv_0")(x)
+        conv = ValidConv(self.num_types * self.capsule_dim, self.kernel_size, self.stride,
+                         bias_grad_as_matmul=self.bias_grad_as_matmul, name="Conv_0")  # fmt: skip
+        x = conv(x)
         b, h, w, _ = x.shape
         return routing.squash(x.reshape(b, h * w * self.num_types, self.capsule_dim))
 
@@ -76,6 +80,10 @@ class CapsNet(nn.Module):
 
     The decoder sees the class capsules masked to one class: the label when given
     (training), otherwise the longest capsule.
+
+    ``routing_chunk`` and ``bias_grad_as_matmul`` change how the step is computed, not what
+    it computes (equal up to float32 rounding): the CPU config sets them with XLA:CPU options
+    that keep reductions out of YNNPACK (``configs/capsnet.py``).
     """
 
     num_classes: int = 10
@@ -86,12 +94,17 @@ class CapsNet(nn.Module):
     num_iters: int = 3
     variant: str = "sabour"
     decoder_features: tuple[int, ...] = (512, 1024)
+    routing_chunk: int = 32
+    bias_grad_as_matmul: bool = False
 
     @nn.compact
     def __call__(self, images, labels=None):
-        x = nn.relu(ValidConv(self.conv_features, 9, name="Conv_0")(images))
-        u = PrimaryCapsules(self.primary_types, self.primary_dim)(x)
-        v = CapsuleLayer(self.num_classes, self.class_dim, self.num_iters, self.variant, shared=False)(u)
+        matmul_bias = self.bias_grad_as_matmul
+        x = nn.relu(ValidConv(self.conv_features, 9, bias_grad_as_matmul=matmul_bias, name="Conv_0")(images))
+        u = PrimaryCapsules(self.primary_types, self.primary_dim, bias_grad_as_matmul=matmul_bias)(x)
+        v = CapsuleLayer(
+            self.num_classes, self.class_dim, self.num_iters, self.variant, shared=False, chunk_size=self.routing_chunk
+        )(u)
         lengths = capsule_lengths(v)
         chosen = jnp.argmax(lengths, axis=-1) if labels is None else labels
         masked = v * jax.nn.one_hot(chosen, self.num_classes, dtype=v.dtype)[..., None]

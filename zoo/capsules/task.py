@@ -42,6 +42,7 @@ def make_model(config: ml_collections.ConfigDict):
         return capsule_models.CapsNet(
             num_classes, m.conv_features, m.primary_types, m.primary_dim, m.class_dim, m.num_iters, m.routing,
             tuple(m.decoder_features),
+            m.get("routing_chunk", 32), m.get("bias_grad_as_matmul", False),  # absent from older runs' configs
         )  # fmt: skip
     if m.kind == "su_capsule":
         return capsule_models.SuCapsNet(num_classes, m.class_dim, m.num_iters, m.routing)

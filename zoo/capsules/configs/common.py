@@ -16,7 +16,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = dict(
         kind="capsnet", routing="sabour", num_iters=3, conv_features=256, primary_types=32, primary_dim=8,
         class_dim=16, decoder_features=(512, 1024), hidden=128, caps1_types=16, caps2_types=16,
-        inverse_temperature=0.01,
+        inverse_temperature=0.01, routing_chunk=32, bias_grad_as_matmul=False,
     )  # fmt: skip
     c.loss = dict(
         down_weight=0.5, reconstruction_weight=0.0005, margin_start=0.2, margin_end=0.9, margin_steps=1,
