@@ -195,6 +195,11 @@ def test_add_bias_equals_plain_add_in_value_gradients_and_dtypes(rng):
     )
     assert (g_y.dtype, g_b.dtype) == (jnp.bfloat16, jnp.float32)
     np.testing.assert_array_equal(g_b, np.full(6, 3 * 5 * 4, np.float32))
+    # a bfloat16 gradient is summed in float32: 2,049 ones (a bfloat16 accumulator stops counting at
+    # 256; XLA:CPU accumulates a bfloat16 dot in float32 anyway, accelerators need the explicit type)
+    long = jnp.ones((2049, 6), jnp.bfloat16)
+    g_b = jax.grad(lambda b: jnp.sum(layers.add_bias(long, b).astype(jnp.float32)))(bias)
+    np.testing.assert_array_equal(g_b, np.full(6, 2049, np.float32))
     message = r"add_bias: `bias` must be \[F\] with F = y's last axis \(\(6,\)\); got bias shape \(4,\)"
     for call in (lambda: layers.add_bias(y, bias[:4]), lambda: jax.grad(lambda b: layers.add_bias(y, b).sum())(bias[:4])):
         with pytest.raises(ValueError, match=message):

@@ -223,7 +223,8 @@ def _add_bias_fwd(y, bias):
 def _add_bias_bwd(dtypes, g):
     rows = g.reshape(-1, g.shape[-1])
     ones = jnp.ones((rows.shape[0],), g.dtype)
-    d_bias = jnp.dot(ones, rows, precision=lax.Precision.HIGHEST)  # no TF32 on accelerators
+    acc = jnp.promote_types(g.dtype, jnp.float32)  # half-precision gradients summed in float32
+    d_bias = jnp.dot(ones, rows, precision=lax.Precision.HIGHEST, preferred_element_type=acc)  # no TF32
     return g.astype(dtypes[0].dtype), d_bias.astype(dtypes[1].dtype)
 
 

@@ -20,7 +20,7 @@ def get_config(arg: str = ""):
     c.train.ckpt_every = 600
     # XLA:CPU runs the routing scans' reductions as its own loops (not YNNPACK's) over chunks
     # of 128 input capsules, and the convolutions' bias gradients as products with ones
-    # (YNNPACK dots): step 462-471 -> 398-431 ms on the 2-core CPU (README, capsules).
+    # (YNNPACK dots): step 453-463 -> 405-421 ms on the 2-core CPU (README, capsules).
     c.train.cpu_compiler_options = YNNPACK_NO_REDUCE
     c.model.update(routing_chunk=128, bias_grad_as_matmul=True)
     if arg == "gpu":
