@@ -1,6 +1,7 @@
 """The capsule family: layers, losses, the two-digit test, data builders and smoke training."""
 
 import gzip
+import itertools
 import json
 
 import jax
@@ -168,6 +169,16 @@ def test_random_shift_translates_each_image_with_zero_fill(rng):
     assert task.random_shift(images, 0, rng) is images
 
 
+def test_random_flip_mirrors_about_half_of_the_images_and_no_others(rng):
+    images = rng.random((200, 6, 5, 2)).astype(np.float32)
+    flipped = task.random_flip(images, rng)
+    assert flipped.shape == images.shape
+    mirrored = np.array([np.array_equal(out, image[:, ::-1]) for image, out in zip(images, flipped)])
+    kept = np.array([np.array_equal(out, image) for image, out in zip(images, flipped)])
+    assert np.all(mirrored ^ kept)
+    assert 60 <= mirrored.sum() <= 140  # Binomial(200, 1/2): outside this range with probability < 1e-8
+
+
 # --------------------------------------------------------------------------- #
 # data
 # --------------------------------------------------------------------------- #
@@ -248,6 +259,29 @@ def test_capsnet_trains_on_mock_fashion_mnist_and_saves_reconstructions(tmp_path
         workdir, ev = train_smoke("capsnet", tmp_path, "--config.data.name=tfds:fashion_mnist")
     assert 0 <= ev["test_accuracy"] <= 1
     assert (workdir / "reconstructions.png").stat().st_size > 0
+
+
+def test_flip_changes_only_the_mirrored_training_images(tmp_path, monkeypatch):
+    """``data.flip`` draws from its own stream: the shifts and the batch order stay those of the run
+    without it, and each image is either the unflipped one or its mirror."""
+    from zoo.capsules.configs import su_capsule
+
+    monkeypatch.setenv("ZOO_DATA_DIR", str(tmp_path / "tfds"))
+
+    def first_batches(flip):
+        config = su_capsule.get_config("smoke")
+        config.data.flip = flip
+        return list(itertools.islice(task.get_task(config, tmp_path).train_batches(3), 4))
+
+    plain, flipped = first_batches(False), first_batches(True)
+    mirrored = 0
+    for a, b in zip(plain, flipped):
+        np.testing.assert_array_equal(a["labels"], b["labels"])
+        same = np.all(a["images"] == b["images"], axis=(1, 2, 3))
+        mirror = np.all(a["images"][:, :, ::-1] == b["images"], axis=(1, 2, 3))
+        assert np.all(same | mirror)
+        mirrored += int(np.sum(mirror & ~same))
+    assert mirrored > 0
 
 
 def test_em_capsnet_trains_on_mock_smallnorb_resized(tmp_path):

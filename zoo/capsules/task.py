@@ -86,6 +86,13 @@ def random_shift(images: np.ndarray, max_shift: int, rng: np.random.Generator) -
     return np.stack([padded[i, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
 
 
+def random_flip(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Mirrors each ``[B, H, W, C]`` image left-right with probability 1/2 (``data.flip``: garments
+    and shoes are left-right symmetric as a class; digits are not, so it is off by default)."""
+    flip = rng.random(len(images)) < 0.5
+    return np.where(flip[:, None, None, None], images[:, :, ::-1], images)
+
+
 def stack_two_digits(images: np.ndarray, labels: np.ndarray, seed: int = 0):
     """Post 4819's test set: image i on top of a random image of a different label.
 
@@ -185,11 +192,10 @@ def get_task(config: ml_collections.ConfigDict, workdir: Path) -> Task:
 
     def train_batches(start_step):
         for step, idx in shuffled_batches(len(train_labels), d.batch_size, config.seed, start_step):
-            shift_rng = np.random.default_rng([config.seed, step, 1])
-            batch = {
-                "images": to_float(random_shift(train_images[idx], d.shift, shift_rng)),
-                "labels": train_labels[idx],
-            }
+            images = random_shift(train_images[idx], d.shift, np.random.default_rng([config.seed, step, 1]))
+            if d.get("flip", False):  # its own stream, so the shifts do not depend on it
+                images = random_flip(images, np.random.default_rng([config.seed, step, 2]))
+            batch = {"images": to_float(images), "labels": train_labels[idx]}
             if config.model.kind == "em_capsnet":
                 batch["margin"] = np.full(len(idx), spread_margin(config, step), np.float32)
             yield batch

@@ -11,7 +11,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.data = dict(
         name="fashion_mnist", data_dir="", batch_size=100, eval_batch_size=500, shift=2, train_limit=0,
-        test_limit=0, two_digit=False, two_digit_seed=0, resize=0,
+        test_limit=0, two_digit=False, two_digit_seed=0, resize=0, flip=False,
     )  # fmt: skip
     c.model = dict(
         kind="capsnet", routing="sabour", num_iters=3, conv_features=256, primary_types=32, primary_dim=8,
