@@ -39,10 +39,11 @@ def make_model(config: ml_collections.ConfigDict):
     m = config.model
     num_classes = IMAGE_DATASETS[config.data.name].num_classes
     if m.kind == "capsnet":
+        # older runs' configs lack the CPU settings: the model's defaults then apply
+        cpu_settings = {k: m[k] for k in ("routing_chunk", "bias_grad_as_matmul") if k in m}
         return capsule_models.CapsNet(
             num_classes, m.conv_features, m.primary_types, m.primary_dim, m.class_dim, m.num_iters, m.routing,
-            tuple(m.decoder_features),
-            m.get("routing_chunk", 32), m.get("bias_grad_as_matmul", False),  # absent from older runs' configs
+            tuple(m.decoder_features), **cpu_settings,
         )  # fmt: skip
     if m.kind == "su_capsule":
         return capsule_models.SuCapsNet(num_classes, m.class_dim, m.num_iters, m.routing)
