@@ -153,6 +153,29 @@ def test_su_variant_assigns_logits_sabour_accumulates(rng):
     assert np.max(np.abs(np.asarray(three["sabour"]) - np.asarray(three["su"]))) > 1e-3
 
 
+@pytest.mark.parametrize("variant", routing.VARIANTS)
+def test_zero_votes_pad_dynamic_routing_exactly(rng, variant):
+    """Inputs with different numbers of capsules batch by zero votes, anywhere among the real ones:
+    a zero vote adds nothing to the outputs' sums or to the logits, so the outputs, the real
+    capsules' couplings and the gradients are those of the unpadded input; a padded capsule's
+    couplings stay uniform."""
+    u_hat = random_votes(rng, b=3, i=5, j=4, d=6)
+    real = np.sort(rng.choice(9, size=5, replace=False))
+    padded = np.zeros((3, 9, 4, 6), np.float32)
+    padded[:, real] = u_hat
+    probe = rng.normal(size=(3, 4, 6)).astype(np.float32)
+
+    def routed(votes):
+        return routing.dynamic_routing(votes, variant=variant, return_coupling=True)
+
+    (v, c), (v_pad, c_pad) = routed(u_hat), routed(padded)
+    assert_close(v_pad, v)
+    assert_close(c_pad[:, real], c)
+    assert_close(np.delete(np.asarray(c_pad), real, axis=1), np.full((3, 4, 4), 0.25))
+    grad = jax.grad(lambda x: jnp.sum(routed(x)[0] * probe))
+    assert_close(np.asarray(grad(padded))[:, real], grad(u_hat), rtol=1e-4, atol=1e-5)
+
+
 def test_dynamic_routing_jit_vmap_invariance_and_no_recompile(rng):
     u_hat = random_votes(rng, b=4, i=6, j=3, d=5)
     eager = routing.dynamic_routing(u_hat, variant="su")
@@ -447,6 +470,24 @@ def test_em_routing_initial_mean_changes_only_rounding(rng, estimate):
     np.testing.assert_array_equal(g_got[4], np.zeros_like(shift))
     with pytest.raises(ValueError, match=r"em_routing: `initial_mean` must have shape \[B, J, P\] = \(3, 4, 16\); got shape \(3, 4\)"):
         routing.em_routing(votes, a_in, beta_u, beta_a, initial_mean=shift[..., 0])
+
+
+def test_zero_activations_pad_em_routing_exactly_without_amount_normalisation(rng):
+    """Children of activation 0 (any votes) weigh nothing in the M-steps, so padding with them keeps
+    the parents unchanged, when the amount is not rescaled by J/I (``normalize_amount=False``; with
+    it, I counts the padded children)."""
+    votes, a_in, beta_u, beta_a = em_problem(rng, b=2, i=5, j=3, p=16)
+    real = np.sort(rng.choice(8, size=5, replace=False))
+    votes_pad = rng.normal(size=(2, 8, 3, 16)).astype(np.float32)
+    votes_pad[:, real] = votes
+    a_pad = np.zeros((2, 8), np.float32)
+    a_pad[:, real] = a_in
+    kw = dict(normalize_amount=False, inverse_temperature=0.5)
+    want = routing.em_routing(votes, a_in, beta_u, beta_a, **kw)
+    assert_tree_close(routing.em_routing(votes_pad, a_pad, beta_u, beta_a, **kw), want, rtol=1e-4, atol=1e-5)
+    rescaled = routing.em_routing(votes_pad, a_pad, beta_u, beta_a, inverse_temperature=0.5)
+    assert np.max(np.abs(np.asarray(rescaled[1]) - np.asarray(routing.em_routing(votes, a_in, beta_u, beta_a,
+                                                                                    inverse_temperature=0.5)[1]))) > 1e-4
 
 
 def test_em_routing_jit_vmap_invariance(rng):
