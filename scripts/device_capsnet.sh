@@ -53,11 +53,11 @@ for seed in $SEEDS; do
   cp "$run/metrics.jsonl" "$OUT/seed$seed.metrics.jsonl" 2>/dev/null || true
 done
 "$PY" - "$SEEDS" <<'EOF' | tee -a "$OUT/summary.txt"
-import json, sys
+import sys
+from zoo.core.metrics import MetricWriter
 for seed in sys.argv[1].split():
-    try:
-        rows = [json.loads(l) for l in open(f"runs/device/capsnet_seed{seed}/metrics.jsonl")]
-    except FileNotFoundError:
+    rows = MetricWriter(f"runs/device/capsnet_seed{seed}").read()
+    if not rows:
         print(f"seed {seed}: no metrics"); continue
     evals = [(r["step"], r["test_accuracy"]) for r in rows if "test_accuracy" in r]
     speeds = [r["steps_per_sec"] for r in rows if "steps_per_sec" in r]

@@ -22,8 +22,9 @@ rm -rf .whl && mkdir -p .whl
   docstring-parser==0.18.0 googleapis-common-protos==1.76.0 immutabledict==4.3.1 \
   importlib_resources==7.1.0 simple-parsing==0.1.9 tensorflow-metadata==1.21.0 termcolor==3.3.0 toml==0.10.2
 
-raw="${ZOO_RAW_DIR:-$HOME/.cache/zoo/raw}/fashion-mnist"
-[ -f "$raw/t10k-labels-idx1-ubyte.gz" ] || bash scripts/get_data.sh fashion_mnist
+# where the zoo itself finds them ($ZOO_RAW_DIR or Debian's system-wide install), fetched if nowhere
+raw_dir() { .venv/bin/python -c "from zoo.data.images import fashion_mnist_raw_dir; print(fashion_mnist_raw_dir())" 2>/dev/null; }
+raw=$(raw_dir) || { bash scripts/get_data.sh fashion_mnist && raw=$(raw_dir); }
 rm -rf .devdata && mkdir -p .devdata/fashion-mnist
 cp "$raw"/*-ubyte.gz .devdata/fashion-mnist/
 du -sh .whl .devdata

@@ -485,9 +485,9 @@ def test_zero_activations_pad_em_routing_exactly_without_amount_normalisation(rn
     kw = dict(normalize_amount=False, inverse_temperature=0.5)
     want = routing.em_routing(votes, a_in, beta_u, beta_a, **kw)
     assert_tree_close(routing.em_routing(votes_pad, a_pad, beta_u, beta_a, **kw), want, rtol=1e-4, atol=1e-5)
-    rescaled = routing.em_routing(votes_pad, a_pad, beta_u, beta_a, inverse_temperature=0.5)
-    assert np.max(np.abs(np.asarray(rescaled[1]) - np.asarray(routing.em_routing(votes, a_in, beta_u, beta_a,
-                                                                                    inverse_temperature=0.5)[1]))) > 1e-4
+    _, rescaled = routing.em_routing(votes_pad, a_pad, beta_u, beta_a, inverse_temperature=0.5)
+    _, unpadded = routing.em_routing(votes, a_in, beta_u, beta_a, inverse_temperature=0.5)
+    assert np.max(np.abs(np.asarray(rescaled) - np.asarray(unpadded))) > 1e-4
 
 
 def test_em_routing_jit_vmap_invariance(rng):
