@@ -95,7 +95,12 @@ def spec(name: str) -> ModelSpec:
 
 
 def get_task(config, workdir):
-    return importlib.import_module(spec(config.model_name).task).get_task(config, workdir)
+    """The family's task for ``config``, with a weight EMA when ``train.ema_decay`` is set
+    (:mod:`zoo.core.ema`)."""
+    from zoo.core import ema
+
+    task = importlib.import_module(spec(config.model_name).task).get_task(config, workdir)
+    return ema.apply_config(task, config.train)
 
 
 def restore_run(run_dir):

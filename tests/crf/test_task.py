@@ -77,6 +77,20 @@ def test_cli_train_resume_eval_predict(tmp_path, data_dir, capsys):
     assert "tags:" in out and len(out.splitlines()[1].split()) == 1 + 7
 
 
+def test_weight_ema_run_reports_both_and_zoo_eval_restores_it(tmp_path, data_dir, capsys):
+    """``train.ema_decay`` on the CRF family: both evaluations at the end of training, and
+    ``zoo eval`` restores the checkpoint (which holds the average) and reports the params'."""
+    run = tmp_path / "run"
+    args = ["train", "crf_ner", "--config", "smoke", "--workdir", str(run), f"--config.data.data_dir={data_dir}",
+            "--config.train.progress=false", "--config.train.num_steps=8", "--config.train.ema_decay=0.9"]  # fmt: skip
+    assert cli.main(args) == 0
+    trained = json.loads(capsys.readouterr().out.split("evaluation: ")[1])
+    assert "f1" in trained and "f1_ema" in trained
+    assert cli.main(["eval", str(run)]) == 0
+    evaluated = json.loads(capsys.readouterr().out.split("evaluation: ")[1])
+    assert evaluated == {k: v for k, v in trained.items() if not k.endswith("_ema")}
+
+
 def test_cli_list_and_errors(capsys):
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out

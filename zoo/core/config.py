@@ -113,9 +113,10 @@ YNNPACK_NO_REDUCE = {
 def train_defaults(num_steps: int, log_every: int, ckpt_every: int) -> dict:
     """The ``train`` section every family's config has (``zoo.core.train`` reads it):
     ``eval_every=0`` (only at the end), all local devices, a progress bar, no NaN injection,
-    and no extra XLA options for the train step on CPU (``cpu_compiler_options``, see
-    :func:`zoo.core.train.cpu_compiler_options`)."""
+    no extra XLA options for the train step on CPU (``cpu_compiler_options``, see
+    :func:`zoo.core.train.cpu_compiler_options`), and no weight EMA (``ema_decay``, see
+    :mod:`zoo.core.ema`)."""
     return dict(
         num_steps=num_steps, log_every=log_every, eval_every=0, ckpt_every=ckpt_every, num_devices=0, progress=True,
-        inject_nan_at_step=-1, cpu_compiler_options={},
+        inject_nan_at_step=-1, cpu_compiler_options={}, ema_decay=0.0,
     )

@@ -96,6 +96,14 @@ def cpu_compiler_options(train_cfg, mesh) -> dict[str, Any] | None:
     return dict(options)
 
 
+def gradient_step(loss_fn, optimizer: optax.GradientTransformation, state: TrainState, batch: Batch, key):
+    """The default update: one ``value_and_grad`` of ``loss_fn`` at ``state.params`` and one
+    optax update. Returns ``(params, opt_state, metrics)`` with the loss as ``metrics["loss"]``."""
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    return optax.apply_updates(state.params, updates), opt_state, {"loss": loss, **metrics}
+
+
 def make_train_step(task: Task, mesh, *, inject_nan_at_step: int = -1, compiler_options: dict | None = None):
     """Returns ``train_step(state, batch, loop_key) -> (state, metrics)``, jitted, state donated.
 
@@ -109,16 +117,14 @@ def make_train_step(task: Task, mesh, *, inject_nan_at_step: int = -1, compiler_
         key = jax.random.fold_in(loop_key, state.step)
         if task.update is not None:
             return task.update(state, batch, key)
-        (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(
-            state.params, batch, key
-        )
+        loss_fn = task.loss_fn
         if inject_nan_at_step >= 0:
-            poison = jnp.where(state.step == inject_nan_at_step, jnp.nan, 1.0)
-            loss = loss * poison
-            grads = jax.tree.map(lambda g: g * poison, grads)
-        updates, opt_state = task.optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, **metrics}
+            # A constant factor of the loss: NaN at that step poisons the loss and every gradient.
+            def loss_fn(params, batch, key):
+                loss, metrics = task.loss_fn(params, batch, key)
+                return loss * jnp.where(state.step == inject_nan_at_step, jnp.nan, 1.0), metrics
+
+        params, opt_state, metrics = gradient_step(loss_fn, task.optimizer, state, batch, key)
         return TrainState(state.step + 1, params, opt_state, state.model_state), metrics
 
     replicated = parallel.replicated(mesh)

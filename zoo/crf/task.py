@@ -22,7 +22,7 @@ import optax
 
 from kernels import crf
 from zoo import data as zoo_data
-from zoo.core import parallel
+from zoo.core import ema, parallel
 from zoo.core.checkpoint import Checkpointer
 from zoo.core.config import read_config
 from zoo.core.train import Task, init_state
@@ -284,8 +284,9 @@ def restore_run(run_dir: Path):
     def init(key):
         return model.init(key, jnp.zeros((1, config.data.bucket), jnp.int32), jnp.ones((1,), jnp.int32))["params"]
 
-    # Only init and optimizer matter here: they give the state's structure to restore into.
+    # Only init, the optimizer and a weight EMA's presence give the state's structure to restore into.
     like = Task(init, make_optimizer(config), loss_fn=None, train_batches=None, evaluate=None)
+    like = ema.apply_config(like, config.train)
     state = checkpointer.restore(init_state(like, jax.random.key(0), parallel.data_mesh(1)))
     checkpointer.close()
     return config, vocab, model, state.params, int(state.step)
