@@ -5,7 +5,8 @@
 # `bash scripts/device_prep.sh`, then call the run tool with
 #   command: bash scripts/device_capsnet.sh     carry: [".whl", ".devdata"]     timeout_s: 600
 # Settings (environment): SEEDS (default "0 1 2"), EXTRA (more --config.* overrides, e.g.
-# "--config.optim.decay_per_epoch=0.95"), DEADLINE_S (default 500), PY (default python3, the image's), SKIP_WHEELS=1
+# "--config.optim.decay_per_epoch=0.95"), EMA (the weight EMA's decay, default 0.999; 0 = off: it
+# leaves the trained params' trajectory unchanged and adds a test_accuracy_ema), DEADLINE_S (default 500), PY (default python3, the image's), SKIP_WHEELS=1
 # (the dependencies are already importable, e.g. when trying the script on this CPU).
 # Runs resume from their checkpoints under runs/device/ (kept on a warm machine), so a call
 # cut by the 10-minute limit can be repeated. $OUT gets each seed's metrics.jsonl, the tail of
@@ -15,6 +16,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 SEEDS=${SEEDS:-"0 1 2"}
 EXTRA=${EXTRA:-}
+EMA=${EMA:-0.999}
 CONFIG=${CONFIG:-gpu}
 DEADLINE_S=${DEADLINE_S:-500}  # the runs stop here (checkpoints every 600 steps), inside the call's 600 s
 OUT=${OUT:-runs/device/out}
@@ -40,7 +42,7 @@ EOF
 pids=()
 for seed in $SEEDS; do
   # shellcheck disable=SC2086  # EXTRA is a list of overrides
-  timeout "$DEADLINE_S" "$PY" -m zoo.cli train capsnet --config "$CONFIG" --config.seed="$seed" --config.train.progress=False $EXTRA \
+  timeout "$DEADLINE_S" "$PY" -m zoo.cli train capsnet --config "$CONFIG" --config.seed="$seed" --config.train.progress=False --config.train.ema_decay="$EMA" $EXTRA \
     --workdir "runs/device/capsnet_seed$seed" >"runs/device/seed$seed.log" 2>&1 &
   pids+=($!)
 done
@@ -64,7 +66,9 @@ for seed in sys.argv[1].split():
     speed = f", median {sorted(speeds)[len(speeds) // 2]:.1f} steps/s" if speeds else ""
     if evals:
         best = max(evals, key=lambda e: e[1])
-        print(f"seed {seed}: step {evals[-1][0]} test accuracy {evals[-1][1]:.4f}, best {best[1]:.4f} at step {best[0]}{speed}")
+        ema = [r["test_accuracy_ema"] for r in rows if "test_accuracy_ema" in r]
+        ema = f"; EMA {ema[-1]:.4f}, best {max(ema):.4f}" if ema else ""
+        print(f"seed {seed}: step {evals[-1][0]} test accuracy {evals[-1][1]:.4f}, best {best[1]:.4f} at step {best[0]}{ema}{speed}")
     else:
         print(f"seed {seed}: no evaluation yet{speed}")
 EOF

@@ -81,3 +81,9 @@ def test_capsnet_smoke_run_with_ema_evaluates_both_and_zoo_eval_restores_it(tmp_
         assert {"test_accuracy", "test_accuracy_ema"} <= set(final)
         assert cli.main(["eval", str(workdir)]) == 0
         assert json.loads(capsys.readouterr().out.split("evaluation: ")[1]) == final
+
+
+def test_resuming_a_run_without_the_average_names_the_mismatch(tmp_path):
+    train_and_evaluate(toy_config(num_steps=4), tmp_path, toy_task())
+    with pytest.raises(ValueError, match=r"checkpoint of step 4 in .* another structure.*train\.ema_decay"):
+        train_and_evaluate(toy_config(num_steps=8), tmp_path, with_weight_ema(toy_task(), DECAY))

@@ -30,7 +30,16 @@ class Checkpointer:
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like
         )
-        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        try:
+            return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except ValueError as error:
+            if "tree structures do not match" not in str(error):
+                raise
+            raise ValueError(
+                f"the checkpoint of step {step} in {self._manager.directory} holds a state of another "
+                "structure than this run's config builds (was the model, the optimizer or train.ema_decay "
+                "changed? a run keeps its config): use a new workdir, or the run's own config.json"
+            ) from error
 
     def close(self) -> None:
         self._manager.close()
