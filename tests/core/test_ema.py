@@ -61,8 +61,11 @@ def test_config_switches_it_on_and_bad_settings_are_named():
     for bad in (1.0, -0.5, 0.0, "0.9"):
         with pytest.raises(ValueError, match=r"decay must be a number in \(0, 1\), got " + repr(bad).replace(".", r"\.")):
             with_weight_ema(task, bad)
-    with pytest.raises(ValueError, match="default update and no model_state.*update=True"):
-        with_weight_ema(with_weight_ema(task, 0.9)._replace(init_model_state=None), 0.9)
+    wrapped = with_weight_ema(task, 0.9)
+    for name in ("update", "init_model_state", "eval_variables"):
+        others = {other: None for other in ("update", "init_model_state", "eval_variables") if other != name}
+        with pytest.raises(ValueError, match=f"default update, no model_state.*{name}=True"):
+            with_weight_ema(wrapped._replace(**others), 0.9)
 
 
 def test_capsnet_smoke_run_with_ema_evaluates_both_and_zoo_eval_restores_it(tmp_path, capsys):

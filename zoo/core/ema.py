@@ -22,16 +22,17 @@ def with_weight_ema(task: Task, decay: float) -> Task:
     """``task`` with an EMA of its params kept in ``model_state`` and evaluated alongside them.
 
     Args:
-      task: a task trained by the loop's default update: no ``update`` of its own and no
-        ``model_state`` (both would be ambiguous to combine with the average).
+      task: a task trained by the loop's default update: no ``update``, ``model_state`` or
+        ``eval_variables`` of its own (each would be ambiguous to combine with the average).
       decay: the average's decay ``d`` in (0, 1); its horizon is about ``1 / (1 − d)`` steps.
     """
     if not (isinstance(decay, (int, float)) and 0.0 < decay < 1.0):
         raise ValueError(f"with_weight_ema: decay must be a number in (0, 1), got {decay!r}")
-    if task.update is not None or task.init_model_state is not None:
+    own = {name: getattr(task, name) is not None for name in ("update", "init_model_state", "eval_variables")}
+    if any(own.values()):
         raise ValueError(
-            "with_weight_ema: the task must use the default update and no model_state; this one "
-            f"has update={task.update is not None}, init_model_state={task.init_model_state is not None} "
+            "with_weight_ema: the task must use the default update, no model_state and its params as "
+            f"evaluation variables; this one has {', '.join(f'{k}={v}' for k, v in own.items())} "
             "(set train.ema_decay=0 for it)"
         )
 
