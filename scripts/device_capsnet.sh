@@ -8,7 +8,7 @@
 # "--config.optim.decay_per_epoch=0.95"), EMA (the weight EMA's decay, default 0.999; 0 = off: it
 # leaves the trained params' trajectory unchanged and adds a test_accuracy_ema), DEADLINE_S (default 500), PY (default python3, the image's), SKIP_WHEELS=1
 # (the dependencies are already importable, e.g. when trying the script on this CPU).
-# Runs resume from their checkpoints under runs/device/ (kept on a warm machine), so a call
+# Runs resume from their checkpoints under runs/device/<settings>/ (kept on a warm machine), so a call
 # cut by the 10-minute limit can be repeated. $OUT gets each seed's metrics.jsonl, the tail of
 # its log, and summary.txt (device, final and best test accuracy per seed).
 set -euo pipefail
@@ -20,7 +20,10 @@ EMA=${EMA:-0.999}
 CONFIG=${CONFIG:-gpu}
 DEADLINE_S=${DEADLINE_S:-500}  # the runs stop here (checkpoints every 600 steps), inside the call's 600 s
 OUT=${OUT:-runs/device/out}
-mkdir -p "$OUT"
+# one folder per setting, so a repeated call resumes only the runs of its own settings
+TAG=$(printf '%s' "${CONFIG}_ema${EMA}${EXTRA:+_$EXTRA}" | tr -cs 'A-Za-z0-9.' '_')
+RUNS=runs/device/$TAG
+mkdir -p "$OUT" "$RUNS"
 
 if [ "${SKIP_WHEELS:-0}" != 1 ]; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -43,22 +46,23 @@ pids=()
 for seed in $SEEDS; do
   # shellcheck disable=SC2086  # EXTRA is a list of overrides
   timeout "$DEADLINE_S" "$PY" -m zoo.cli train capsnet --config "$CONFIG" --config.seed="$seed" --config.train.progress=False --config.train.ema_decay="$EMA" $EXTRA \
-    --workdir "runs/device/capsnet_seed$seed" >"runs/device/seed$seed.log" 2>&1 &
+    --workdir "$RUNS/capsnet_seed$seed" >"$RUNS/seed$seed.log" 2>&1 &
   pids+=($!)
 done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 
 for seed in $SEEDS; do
-  run=runs/device/capsnet_seed$seed
-  tail -n 20 "runs/device/seed$seed.log" >"$OUT/seed$seed.log.tail"
+  run=$RUNS/capsnet_seed$seed
+  tail -n 20 "$RUNS/seed$seed.log" >"$OUT/seed$seed.log.tail"
   cp "$run/metrics.jsonl" "$OUT/seed$seed.metrics.jsonl" 2>/dev/null || true
 done
-"$PY" - "$SEEDS" <<'EOF' | tee -a "$OUT/summary.txt"
+"$PY" - "$SEEDS" "$RUNS" "$EXTRA" <<'EOF' | tee -a "$OUT/summary.txt"
 import sys
 from zoo.core.metrics import MetricWriter
+print(f"runs: {sys.argv[2]} | overrides: {sys.argv[3] or '(none)'}")
 for seed in sys.argv[1].split():
-    rows = MetricWriter(f"runs/device/capsnet_seed{seed}").read()
+    rows = MetricWriter(f"{sys.argv[2]}/capsnet_seed{seed}").read()
     if not rows:
         print(f"seed {seed}: no metrics"); continue
     evals = [(r["step"], r["test_accuracy"]) for r in rows if "test_accuracy" in r]
