@@ -4,6 +4,7 @@
     zoo train <model> [--config smoke | --config path.py:arg] [--config.x.y=v ...] [--workdir DIR]
     zoo eval <run-dir>                     (any family)
     zoo predict <run-dir> "text to tag"    (CRF taggers)
+    zoo compare <run-dir>[:ema] <run-dir>[:ema]   (capsule-family runs: McNemar's paired test)
     zoo bench <suite> [suite flags]
 """
 
@@ -128,6 +129,34 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from zoo.capsules.task import classified_correctly
+    from zoo.core.stats import paired_accuracy
+
+    runs = []
+    for spec in (args.run_a, args.run_b):
+        path, _, suffix = spec.rpartition(":") if spec.endswith(":ema") else (spec, "", "")
+        try:
+            correct, step = classified_correctly(Path(path), ema=bool(suffix))
+        except (ValueError, FileNotFoundError) as err:
+            raise SystemExit(f"error: {err}") from None
+        print(f"{'AB'[len(runs)]}: {spec} at step {step}")
+        runs.append(correct)
+    if runs[0].shape != runs[1].shape:
+        raise SystemExit(f"error: the runs' test splits differ in size ({runs[0].size} vs {runs[1].size})")
+    r = paired_accuracy(*runs)
+    print(
+        f"test accuracy A {r['accuracy_a']:.2%}, B {r['accuracy_b']:.2%} on {r['n']} images; "
+        f"only A right: {r['only_a']}, only B right: {r['only_b']}"
+    )
+    print(
+        f"A − B = {100 * r['difference']:+.2f} ± {100 * r['difference_se']:.2f} points (paired standard error); "
+        f"exact McNemar p = {r['p_value']:.3g}"
+    )
+    print("evaluation: " + json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in r.items()}))
+    return 0
+
+
 def _cmd_bench(args, rest) -> int:
     from benchmarks import run
 
@@ -151,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("predict", help="tag raw text with a trained run")
     p.add_argument("run_dir")
     p.add_argument("text", nargs="+")
+    p = sub.add_parser("compare", help="McNemar's paired test of two capsule-family runs on their test split")
+    p.add_argument("run_a", help="run directory; a trailing :ema scores its weight EMA")
+    p.add_argument("run_b")
     p = sub.add_parser("bench", help="run a benchmark suite")
     p.add_argument("suite")
 
@@ -171,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--config.* overrides only apply to `zoo train`")
     if args.command == "eval":
         return _cmd_eval(args)
+    if args.command == "compare":
+        return _cmd_compare(args)
     return _cmd_predict(args)
 
 

@@ -242,7 +242,9 @@ def train_smoke(model, tmp_path, *extra):
 @pytest.mark.parametrize("model", ["su_capsule", "cnn_baseline"])
 def test_two_digit_models_train_and_report_both_accuracies(model, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ZOO_DATA_DIR", str(tmp_path / "tfds"))
-    workdir, ev = train_smoke(model, tmp_path)
+    # cnn_baseline: 20 steps with an EMA, after which weights and EMA differ in test accuracy (4% vs 16%)
+    ema = ["--config.train.ema_decay=0.5", "--config.train.num_steps=20", "--config.train.ckpt_every=10"]
+    workdir, ev = train_smoke(model, tmp_path, *(ema if model == "cnn_baseline" else []))
     assert {"test_accuracy", "two_digit_top2", "two_digit_top2_confident"} <= set(ev)
     assert ev["two_digit_top2_confident"] <= ev["two_digit_top2"]
     if model == "su_capsule":  # `zoo eval` restores the checkpoint and reproduces the final evaluation
@@ -252,6 +254,22 @@ def test_two_digit_models_train_and_report_both_accuracies(model, tmp_path, monk
         assert printed == {k: round(v, 4) for k, v in ev.items() if k not in ("step", "split")}
         with pytest.raises(SystemExit, match="needs a CRF run"):
             cli.main(["predict", str(workdir), "text"])
+        with pytest.raises(SystemExit, match="ema=True.*ema_decay"):
+            cli.main(["compare", str(workdir), f"{workdir}:ema"])
+        other = tmp_path / "not_capsules"  # only the config is read before the family check
+        other.mkdir()
+        config = json.loads((workdir / "config.json").read_text())
+        (other / "config.json").write_text(json.dumps({**config, "model_name": "crf_seg"}))
+        with pytest.raises(SystemExit, match="capsule-family run; got a crf run"):
+            cli.main(["compare", str(workdir), str(other)])
+        return
+    # `zoo compare`: the restored weights and EMA reproduce the run's own two test accuracies
+    assert ev["test_accuracy"] != ev["test_accuracy_ema"]  # else a swap of the two would pass unseen
+    capsys.readouterr()
+    assert cli.main(["compare", str(workdir), f"{workdir}:ema"]) == 0
+    r = json.loads(capsys.readouterr().out.split("evaluation: ")[1])
+    assert (r["accuracy_a"], r["accuracy_b"]) == pytest.approx((ev["test_accuracy"], ev["test_accuracy_ema"]), abs=1e-6)
+    assert r["difference"] == pytest.approx((r["only_a"] - r["only_b"]) / r["n"], abs=1e-6)
 
 
 def test_capsnet_trains_on_mock_fashion_mnist_and_saves_reconstructions(tmp_path):

@@ -265,3 +265,28 @@ def restore_run(run_dir: Path):
     from zoo import registry
 
     return registry.restore_run(run_dir)
+
+
+def classified_correctly(run_dir: Path, *, ema: bool = False) -> tuple[np.ndarray, int]:
+    """``(correct [N] bool, step)``: which test images the latest checkpoint of a capsule-family
+    run (``capsnet``, ``su_capsule``, ``cnn_baseline``, ``em_capsnet``) classifies correctly, in
+    the test split's order; with ``ema=True`` its weight EMA's (a run trained with
+    ``train.ema_decay`` > 0). For paired comparisons (:func:`zoo.core.stats.paired_accuracy`)."""
+    from zoo import registry
+    from zoo.core.config import read_config
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise ValueError(f"classified_correctly: `run_dir` must be a run directory (with config.json); got {run_dir}")
+    config = read_config(run_dir / "config.json")
+    family = registry.spec(config.model_name).family
+    if family != "capsules":
+        raise ValueError(f"classified_correctly: `run_dir` must be a capsule-family run; got a {family} run ({config.model_name})")
+    decay = config.train.get("ema_decay", 0.0)
+    if ema and not decay:
+        raise ValueError(f"classified_correctly: `ema=True` needs a run trained with train.ema_decay > 0; {run_dir} has {decay}")
+    config, _, variables, step = registry.restore_run(run_dir)
+    params = (variables[1] if ema else variables[0]) if decay else variables
+    images, labels = load_split(config, "test")
+    scores = predict_scores(make_model(config), params, images, config.data.eval_batch_size)
+    return np.argmax(scores, -1) == labels, step
