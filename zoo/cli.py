@@ -133,9 +133,20 @@ def _cmd_compare(args) -> int:
     from zoo.capsules.task import classified_correctly
     from zoo.core.stats import paired_accuracy
 
+    from zoo.core.config import read_config
+
+    specs = [spec.rpartition(":")[::2] if spec.endswith(":ema") else (spec, "") for spec in (args.run_a, args.run_b)]
+    test_sets = []
+    for path, _ in specs:  # checked before the (slow) evaluations
+        if (Path(path) / "config.json").exists():
+            d = read_config(Path(path) / "config.json").data
+            test_sets.append((d.name, d.get("test_limit", 0), d.get("resize", 0)))
+    if len(test_sets) == 2 and test_sets[0] != test_sets[1]:
+        raise SystemExit(
+            f"error: the runs score different test sets (data name, test_limit, resize): {test_sets[0]} vs {test_sets[1]}"
+        )
     runs = []
-    for spec in (args.run_a, args.run_b):
-        path, _, suffix = spec.rpartition(":") if spec.endswith(":ema") else (spec, "", "")
+    for spec, (path, suffix) in zip((args.run_a, args.run_b), specs):
         try:
             correct, step = classified_correctly(Path(path), ema=bool(suffix))
         except (ValueError, FileNotFoundError) as err:

@@ -262,6 +262,10 @@ def test_two_digit_models_train_and_report_both_accuracies(model, tmp_path, monk
         (other / "config.json").write_text(json.dumps({**config, "model_name": "crf_seg"}))
         with pytest.raises(SystemExit, match="capsule-family run; got a crf run"):
             cli.main(["compare", str(workdir), str(other)])
+        other_data = {**config, "data": {**config["data"], "name": "fashion_mnist"}}
+        (other / "config.json").write_text(json.dumps(other_data))
+        with pytest.raises(SystemExit, match="different test sets.*fashion_mnist"):
+            cli.main(["compare", str(workdir), str(other)])
         return
     # `zoo compare`: the restored weights and EMA reproduce the run's own two test accuracies
     assert ev["test_accuracy"] != ev["test_accuracy_ema"]  # else a swap of the two would pass unseen
