@@ -131,9 +131,8 @@ def _cmd_predict(args) -> int:
 
 def _cmd_compare(args) -> int:
     from zoo.capsules.task import classified_correctly
-    from zoo.core.stats import paired_accuracy
-
     from zoo.core.config import read_config
+    from zoo.core.stats import paired_accuracy
 
     specs = [spec.rpartition(":")[::2] if spec.endswith(":ema") else (spec, "") for spec in (args.run_a, args.run_b)]
     test_sets = []
@@ -153,9 +152,10 @@ def _cmd_compare(args) -> int:
             raise SystemExit(f"error: {err}") from None
         print(f"{'AB'[len(runs)]}: {spec} at step {step}")
         runs.append(correct)
-    if runs[0].shape != runs[1].shape:
-        raise SystemExit(f"error: the runs' test splits differ in size ({runs[0].size} vs {runs[1].size})")
-    r = paired_accuracy(*runs)
+    try:
+        r = paired_accuracy(*runs)
+    except ValueError as err:  # test splits of different sizes despite equal data settings
+        raise SystemExit(f"error: {err}") from None
     print(
         f"test accuracy A {r['accuracy_a']:.2%}, B {r['accuracy_b']:.2%} on {r['n']} images; "
         f"only A right: {r['only_a']}, only B right: {r['only_b']}"
