@@ -370,7 +370,7 @@ def test_em_routing_hand_vjp_equals_autodiff_of_its_forward_pass(rng, num_iters)
 
             hand = functools.partial(loss, lambda *args: routing._em_routing_vjp(*args, *static))
             auto = functools.partial(loss, lambda *args: routing._em_iterations(*args, *static)[0])
-            args = (votes, a_in, beta_u, beta_a, None)
+            args = (votes, a_in, beta_u, beta_a, None, None)
             g_hand = jax.jit(jax.grad(hand, argnums=(0, 1, 2, 3)))(*args)  # jitted: eager dispatch took 30 s
             g_auto = jax.jit(jax.grad(auto, argnums=(0, 1, 2, 3)))(*args)
             for got, want in zip(g_hand, g_auto, strict=True):
@@ -470,6 +470,64 @@ def test_em_routing_initial_mean_changes_only_rounding(rng, estimate):
     np.testing.assert_array_equal(g_got[4], np.zeros_like(shift))
     with pytest.raises(ValueError, match=r"em_routing: `initial_mean` must have shape \[B, J, P\] = \(3, 4, 16\); got shape \(3, 4\)"):
         routing.em_routing(votes, a_in, beta_u, beta_a, initial_mean=shift[..., 0])
+
+
+@pytest.mark.parametrize("with_initial_mean", [False, True])
+def test_em_routing_vote_factors_give_the_same_routing(rng, with_initial_mean):
+    # vote_factors only change how the M-steps' sums over children are computed (a scan over
+    # groups that recomputes the votes from their factors): outputs and gradients equal the
+    # votes-only path's, in float64 to 1e-10 (summation order is all that differs), on fresh
+    # random shapes; the factors get no gradient.
+    with jax.enable_x64(True):
+        for _ in range(3):
+            b, g, c, j = (int(rng.integers(1, 4)), int(rng.integers(1, 4)), int(rng.integers(1, 4)),
+                          int(rng.integers(1, 5)))  # fmt: skip
+            poses, transforms = rng.normal(size=(b, g, c, 4, 4)), rng.normal(size=(g, c, j, 4, 4))
+            votes = np.einsum("bgcxy,gcjyz->bgcjxz", poses, transforms).reshape(b, g * c, j, 16)
+            a_in = rng.uniform(0.05, 1.0, size=(b, g * c))
+            beta_u, beta_a = rng.normal(size=(j,)), rng.normal(size=())
+            shift = rng.normal(size=(b, j, 16)) if with_initial_mean else None
+            probes = rng.normal(size=(b, j, 16)), rng.normal(size=(b, j)), rng.normal(size=(b, g * c, j))
+            kw = dict(num_iters=3, inverse_temperature=float(rng.uniform(0.1, 1.0)), return_responsibilities=True)
+
+            def loss(v, a, bu, ba, factors):
+                out = routing.em_routing(v, a, bu, ba, initial_mean=shift, vote_factors=factors, **kw)
+                return sum(jnp.sum(o * pr) for o, pr in zip(out, probes, strict=True)), out
+
+            grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))
+            (_, got), g_got = grad(votes, a_in, beta_u, beta_a, (poses, transforms))
+            (_, want), g_want = jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True)(
+                votes, a_in, beta_u, beta_a, None)  # fmt: skip
+            assert_tree_close(got, want, rtol=1e-10, atol=1e-10)
+            assert_tree_close(g_got[:4], g_want, rtol=1e-9, atol=1e-9)
+            for g_factor in g_got[4]:
+                np.testing.assert_array_equal(g_factor, np.zeros_like(g_factor))
+    # float32, the model's shape class (groups of kernel offsets): within float32 rounding
+    poses = rng.normal(size=(5, 9, 2, 4, 4)).astype(np.float32)
+    transforms = rng.normal(size=(9, 2, 3, 4, 4)).astype(np.float32)
+    votes = np.einsum("bgcxy,gcjyz->bgcjxz", poses, transforms).reshape(5, 18, 3, 16)
+    a_in = rng.uniform(0.0, 1.0, size=(5, 18)).astype(np.float32)
+    args = (votes, a_in, np.float32(0.1), np.float32(0.2))
+    assert_tree_close(routing.em_routing(*args, vote_factors=(poses, transforms)), routing.em_routing(*args),
+                      rtol=1e-4, atol=1e-5)  # fmt: skip
+
+
+def test_em_routing_rejects_bad_vote_factors(rng):
+    poses, transforms = rng.normal(size=(2, 3, 2, 4, 4)), rng.normal(size=(3, 2, 4, 4, 4))
+    votes = np.einsum("bgcxy,gcjyz->bgcjxz", poses, transforms).reshape(2, 6, 4, 16).astype(np.float32)
+    a_in = rng.uniform(size=(2, 6)).astype(np.float32)
+    args = (votes, a_in, 0.0, 0.0)
+    with pytest.raises(ValueError, match=r"em_routing: `vote_factors` must be a pair"):
+        routing.em_routing(*args, vote_factors=poses)
+    with pytest.raises(ValueError, match=re.escape("em_routing: `vote_factors[0] (poses)` must have shape [B, G, C, 4, 4] "
+                                                   "with B = 2 and G·C = I = 6; got shape (2, 3, 3, 4, 4)")):
+        routing.em_routing(*args, vote_factors=(np.zeros((2, 3, 3, 4, 4)), transforms))
+    with pytest.raises(ValueError, match=re.escape("em_routing: `vote_factors[1] (transforms)` must have shape "
+                                                   "[G, C, J, 4, 4] = (3, 2, 4, 4, 4) for votes with P = 16 (P is 16); "
+                                                   "got shape (3, 2, 5, 4, 4)")):
+        routing.em_routing(*args, vote_factors=(poses, np.zeros((3, 2, 5, 4, 4))))
+    with pytest.raises(ValueError, match=r"\(P is 8\)"):
+        routing.em_routing(votes[..., :8], a_in, 0.0, 0.0, vote_factors=(poses, transforms))
 
 
 def test_zero_activations_pad_em_routing_exactly_without_amount_normalisation(rng):

@@ -202,6 +202,8 @@ class ConvCapsules(nn.Module):
         b, ho, wo, n_in = votes.shape[:4]
         a_in = routing.extract_patches(activations, k, self.stride).reshape(b, ho, wo, n_in)
         first_mean = routing.conv_capsule_initial_mean(poses, activations, weights, stride=self.stride)
+        # the votes' factors, for em_routing's M-step sums (a scan over offsets; see vote_factors)
+        patches = routing.extract_patches(poses, k, self.stride).reshape(b * ho * wo, k * k, c, 4, 4)
         mean, a_out = routing.em_routing(
             votes.reshape(b * ho * wo, n_in, self.num_types, 16),
             a_in.reshape(b * ho * wo, n_in),
@@ -210,6 +212,7 @@ class ConvCapsules(nn.Module):
             num_iters=self.num_iters,
             inverse_temperature=self.inverse_temperature,
             initial_mean=first_mean.reshape(b * ho * wo, self.num_types, 16),
+            vote_factors=(patches, weights.reshape(k * k, c, self.num_types, 4, 4)),
         )
         return mean.reshape(b, ho, wo, self.num_types, 4, 4), a_out.reshape(b, ho, wo, self.num_types)
 
