@@ -415,13 +415,15 @@ def em_routing(
       vote_factors: optional ``(poses [B, G, C, 4, 4], transforms [G, C, J, 4, 4])`` with
         ``votes[b, g·C + c, j] = (poses[b, g, c] @ transforms[g, c, j]).reshape(16)`` (P = 16;
         :func:`conv_capsule_votes`' children are G = K·K offsets of C types). The M-steps'
-        sums over children then read these factors instead of the votes: a ``lax.scan`` over
-        the G groups whose body recomputes a group's votes and adds them up as elementwise
-        loops over ``[B, J, 16]``. Why: XLA:CPU runs a sum over the children axis as a loop
-        nest with that axis innermost, which LLVM leaves scalar; the elementwise body
-        vectorizes. EMCapsNet's train step (2-core AMD EPYC, interleaved, medians of 10):
-        670-713 -> 483-488 ms. Like ``initial_mean``, constants: they must give ``votes``
-        (only their shapes are checked), and gradients flow through ``votes`` alone.
+        sums over children, and the backward pass's two sums over children per E-step, then
+        read these factors instead of the votes: a ``lax.scan`` over the G groups whose body
+        recomputes a group's votes and adds them up as elementwise loops over ``[B, J, 16]``.
+        Why: XLA:CPU runs a sum over the children axis as a loop nest with that axis
+        innermost, which LLVM leaves scalar (about 6 GFLOP/s); the elementwise body
+        vectorizes. EMCapsNet's train step (2-core AMD EPYC, medians of 10, one process
+        each): 670-713 ms without them, 448-513 ms with the M-steps' sums only, 309-373 ms
+        with both. Like ``initial_mean``, constants: they must give ``votes`` (only their
+        shapes are checked), and gradients flow through ``votes`` alone.
     Returns:
       ``(pose_mean[B, J, P], activations_out[B, J])`` (and ``R[B, I, J]``).
     """
@@ -583,6 +585,7 @@ def _em_routing_bwd(num_iters, lam, min_var, normalize_amount, residuals, cotang
     ``R (g − Σ_j R g)``.
     """
     votes, a_in, beta_u, beta_a, initial_mean, vote_factors, saved = residuals
+    rows = None if vote_factors is None else _factor_rows(vote_factors)
     g_mean, g_act, g_resp = cotangents
     _, n_in, n_out, p = votes.shape
     amount_scale = n_out / n_in if normalize_amount else 1.0
@@ -604,9 +607,12 @@ def _em_routing_bwd(num_iters, lam, min_var, normalize_amount, residuals, cotang
             g_logit = g_logit + jnp.sum(g_z, axis=1) * jax.nn.sigmoid(-s["logit"])
             g_m = -0.5 * g_z  # m_ij = Σ_p d² / σ²
             g_log_var = g_log_var + (-0.5 * jnp.sum(g_z, axis=1))[..., None]  # through log_norm
-            centred = votes - mean[:, None]
-            pull = g_m[..., None] * centred  # one fused pass: two reductions over children
-            pull_sum, pull_sq_sum = blocked_sums([pull, pull * centred], 1)
+            if rows is None:
+                centred = votes - mean[:, None]
+                pull = g_m[..., None] * centred  # one fused pass: two reductions over children
+                pull_sum, pull_sq_sum = blocked_sums([pull, pull * centred], 1)
+            else:  # the same two sums as an M-step's, with g_m for the coefficients, about the mean
+                pull_sum, pull_sq_sum = _factored_m_sums(rows, g_m, mean)
             g_mu = g_mu - 2.0 * pull_sum * inv_var
             g_var = g_var - pull_sq_sum * jnp.square(inv_var)
         # ---- M-step t: logit = λ (β_a − cost), cost = (P β_u + Σ_p log σ² / 2) · n · scale
