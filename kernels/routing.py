@@ -530,8 +530,8 @@ def _em_iterations(votes, a_in, beta_u, beta_a, initial_mean, vote_factors, num_
         if shift is None:
             (shift,) = blocked_sums([coeff[..., None] * votes], 1)  # [B, J, P]
             shift = jax.lax.stop_gradient(shift)
-        shifted = votes - shift[:, None]
         if rows is None:
+            shifted = votes - shift[:, None]
             s1, s2 = blocked_sums([coeff[..., None] * shifted, coeff[..., None] * jnp.square(shifted)], 1)  # [B, J, P]
         else:
             s1, s2 = _factored_m_sums(rows, coeff, shift)

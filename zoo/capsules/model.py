@@ -202,7 +202,7 @@ class ConvCapsules(nn.Module):
         b, ho, wo, n_in = votes.shape[:4]
         a_in = routing.extract_patches(activations, k, self.stride).reshape(b, ho, wo, n_in)
         first_mean = routing.conv_capsule_initial_mean(poses, activations, weights, stride=self.stride)
-        # the votes' factors, for em_routing's M-step sums (a scan over offsets; see vote_factors)
+        # the votes' factors: em_routing then sums over children as a scan over offsets (see vote_factors)
         patches = routing.extract_patches(poses, k, self.stride).reshape(b * ho * wo, k * k, c, 4, 4)
         mean, a_out = routing.em_routing(
             votes.reshape(b * ho * wo, n_in, self.num_types, 16),
