@@ -78,6 +78,32 @@ def test_capsnet_cpu_settings_change_no_loss_or_gradient(rng):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_em_capsnet_vote_factors_change_no_loss_or_gradient(rng, monkeypatch):
+    """ConvCapsules hands em_routing the votes' factors (a scan over offsets for the sums over
+    children); that changes only the summation order: in float64 the smoke EMCapsNet's loss and
+    gradients equal those of em_routing on the votes alone."""
+    from kernels import routing
+    from zoo.capsules.configs import em_capsnet
+
+    config = em_capsnet.get_config("smoke")
+    model = task.make_model(config)
+    with jax.enable_x64(True):
+        batch = {"images": jnp.asarray(rng.uniform(size=(3, 28, 28, 1))), "labels": jnp.asarray([1, 7, 3]),
+                 "margin": jnp.full((3,), 0.2)}  # fmt: skip
+        params = jax.tree.map(lambda x: x.astype(jnp.float64), model.init(jax.random.key(0), batch["images"])["params"])
+
+        def value_and_grad():
+            return jax.jit(jax.value_and_grad(lambda p: task.loss_and_metrics(model, config, p, batch)[0]))(params)
+
+        with_factors = value_and_grad()
+        em_routing = routing.em_routing
+        monkeypatch.setattr(routing, "em_routing", lambda *a, vote_factors=None, **kw: em_routing(*a, **kw))
+        votes_only = value_and_grad()
+    np.testing.assert_allclose(with_factors[0], votes_only[0], rtol=1e-12)
+    for a, b in zip(jax.tree.leaves(with_factors[1]), jax.tree.leaves(votes_only[1]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_su_capsule_takes_any_image_size_and_couplings_sum_to_one():
     model = SuCapsNet(variant="su")
     params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
