@@ -469,8 +469,7 @@ def _factor_rows(vote_factors):
     """The factors as :func:`_pose_products`' unit-stride rows, group-major for a scan:
     ``([G, B, C, y, 16], [G, C, J, y, 16])``."""
     poses, transforms = vote_factors
-    rows_p = jnp.repeat(jnp.swapaxes(poses, -1, -2), 4, axis=-1)  # [B, G, C, y, 16]: poses[x(p), y]
-    return materialize(jnp.moveaxis(rows_p, 1, 0)), _weight_rows(transforms)
+    return materialize(jnp.moveaxis(_pose_rows(poses), 1, 0)), _weight_rows(transforms)
 
 
 def _factored_m_sums(rows, coeff, shift):
@@ -487,6 +486,8 @@ def _factored_m_sums(rows, coeff, shift):
         rp, rw, cg = group  # [B, C, y, 16], [C, J, y, 16], [B, C, J]
         s1, s2 = sums
         for t in range(n_types):  # unrolled: one elementwise loop over [B, J, 16] per child type
+            # _pose_products' sum over y, indexed in one step: with rp[:, t] and rw[t] taken first,
+            # EMCapsNet's step went 0.29 -> 0.80 s (AMD host, medians of 10)
             vote = sum(rp[:, t, None, y, :] * rw[None, t, :, y, :] for y in range(4))  # [B, J, 16]
             shifted = vote - shift
             weighted = cg[:, t, :, None] * shifted
@@ -847,10 +848,16 @@ def _pose_products(patches, weights):
     # Each vote's 16 entries p = (x, z) as one contiguous row: the factors are first spread
     # to rows indexed by p, patches[x(p), y] and weights[y, z(p)], and written out, so the
     # routing passes that recompute the votes read both with unit stride.
-    rows_p = materialize(jnp.repeat(jnp.swapaxes(patches, -1, -2), 4, axis=-1))  # [..., K, C, y, 16]
+    rows_p = materialize(_pose_rows(patches))  # [..., K, C, y, 16]
     rows_w = _weight_rows(weights)  # [K, C, D, y, 16]
     votes = sum(rows_p[..., None, y, :] * rows_w[..., y, :] for y in range(4))  # [..., K, C, D, 16]
     return votes.reshape(*votes.shape[:-1], 4, 4)
+
+
+def _pose_rows(patches):
+    """``patches[..., x, y]`` -> ``[..., y, 16]`` with entry ``p = 4x + z`` equal to
+    ``patches[..., x, y]`` (not written out; :func:`pose_products` explains the rows)."""
+    return jnp.repeat(jnp.swapaxes(patches, -1, -2), 4, axis=-1)
 
 
 _pose_products_vjp = jax.custom_vjp(_pose_products)
