@@ -3,6 +3,7 @@
 import gzip
 import itertools
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -300,6 +301,15 @@ def test_two_digit_models_train_and_report_both_accuracies(model, tmp_path, monk
     r = json.loads(capsys.readouterr().out.split("evaluation: ")[1])
     assert (r["accuracy_a"], r["accuracy_b"]) == pytest.approx((ev["test_accuracy"], ev["test_accuracy_ema"]), abs=1e-6)
     assert r["difference"] == pytest.approx((r["only_a"] - r["only_b"]) / r["n"], abs=1e-6)
+    # the run's record without its checkpoints (as docs/ keeps them) gives the same paired test
+    record = tmp_path / "record"
+    record.mkdir()
+    for name in ("config.json", "test_correct.npz", "test_correct_ema.npz"):
+        shutil.copy(workdir / name, record / name)
+    assert cli.main(["compare", str(record), f"{record}:ema"]) == 0
+    out = capsys.readouterr().out
+    assert "from its saved record" in out
+    assert json.loads(out.split("evaluation: ")[1]) == r
 
 
 def test_capsnet_trains_on_mock_fashion_mnist_and_saves_reconstructions(tmp_path):
