@@ -280,7 +280,7 @@ def classified_correctly(run_dir: Path, *, ema: bool = False) -> tuple[np.ndarra
     ``train.ema_decay`` > 0). For paired comparisons (:func:`zoo.core.stats.paired_accuracy`).
 
     Each evaluation is also saved in the run directory (``test_correct.npz``, ``test_correct_ema.npz``:
-    the step and the packed bits, ~1.3 kB for 10,000 images), and a directory with no checkpoint
+    the step and the packed bits, 2 kB for 10,000 images), and a directory with no checkpoint
     but such a file (a run's record copied without its checkpoints) is scored from it, so paired
     tests outlive the checkpoints. A directory with checkpoints is always re-evaluated."""
     from zoo import registry
