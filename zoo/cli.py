@@ -130,7 +130,8 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from zoo.capsules.task import classified_correctly, has_checkpoint
+    from zoo.capsules.task import classified_correctly
+    from zoo.core.checkpoint import saved_steps
     from zoo.core.config import read_config
     from zoo.core.stats import paired_accuracy
 
@@ -150,7 +151,7 @@ def _cmd_compare(args) -> int:
             correct, step = classified_correctly(Path(path), ema=bool(suffix))
         except (ValueError, FileNotFoundError) as err:
             raise SystemExit(f"error: {err}") from None
-        source = "checkpoint" if has_checkpoint(Path(path)) else "saved record (no checkpoint)"
+        source = "checkpoint" if saved_steps(Path(path) / "checkpoints") else "saved record (no checkpoint)"
         print(f"{'AB'[len(runs)]}: {spec} at step {step}, from its {source}")
         runs.append(correct)
     try:

@@ -267,12 +267,6 @@ def restore_run(run_dir: Path):
     return registry.restore_run(run_dir)
 
 
-def has_checkpoint(run_dir: Path) -> bool:
-    """Whether ``run_dir/checkpoints`` holds a saved step (orbax names each by its number)."""
-    checkpoints = Path(run_dir) / "checkpoints"
-    return checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
-
-
 def classified_correctly(run_dir: Path, *, ema: bool = False) -> tuple[np.ndarray, int]:
     """``(correct [N] bool, step)``: which test images the latest checkpoint of a capsule-family
     run (``capsnet``, ``su_capsule``, ``cnn_baseline``, ``em_capsnet``) classifies correctly, in
@@ -284,6 +278,7 @@ def classified_correctly(run_dir: Path, *, ema: bool = False) -> tuple[np.ndarra
     but such a file (a run's record copied without its checkpoints) is scored from it, so paired
     tests outlive the checkpoints. A directory with checkpoints is always re-evaluated."""
     from zoo import registry
+    from zoo.core.checkpoint import saved_steps
     from zoo.core.config import read_config
 
     run_dir = Path(run_dir)
@@ -297,7 +292,7 @@ def classified_correctly(run_dir: Path, *, ema: bool = False) -> tuple[np.ndarra
     if ema and not decay:
         raise ValueError(f"classified_correctly: `ema=True` needs a run trained with train.ema_decay > 0; {run_dir} has {decay}")
     record = run_dir / ("test_correct_ema.npz" if ema else "test_correct.npz")
-    if not has_checkpoint(run_dir) and record.exists():
+    if not saved_steps(run_dir / "checkpoints") and record.exists():
         with np.load(record) as saved:
             n = int(saved["n"])
             return np.unpackbits(saved["bits"], count=n).astype(bool), int(saved["step"])

@@ -8,6 +8,13 @@ import jax
 import orbax.checkpoint as ocp
 
 
+def saved_steps(directory: Path) -> list[int]:
+    """The steps saved under ``directory`` (orbax names each step's folder by its number), ascending;
+    ``[]`` if it does not exist. Unlike :class:`Checkpointer` it creates nothing."""
+    directory = Path(directory)
+    return sorted(int(d.name) for d in directory.iterdir() if d.name.isdigit()) if directory.is_dir() else []
+
+
 class Checkpointer:
     """Saves every ``TrainState`` it is given under ``<workdir>/checkpoints/<step>``."""
 

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from zoo import registry
     from zoo.core import parallel
-    from zoo.core.checkpoint import Checkpointer
+    from zoo.core.checkpoint import Checkpointer, saved_steps
     from zoo.core.config import read_config
     from zoo.core.train import init_state
     from zoo.vae.task import load_data, make_model, model_input
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if config.model_name != "vae":
         raise ValueError(f"zoo.vae.diagnose: `run_dir` must hold a `zoo train vae` run; got model {config.model_name!r}")
     checkpoints = args.run_dir / "checkpoints"
-    kept = sorted(int(d.name) for d in checkpoints.iterdir() if d.name.isdigit()) if checkpoints.is_dir() else []
+    kept = saved_steps(checkpoints)
     if not kept:
         raise FileNotFoundError(f"{args.run_dir} holds no checkpoint")
     steps = args.steps or kept
